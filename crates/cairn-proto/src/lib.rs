@@ -1,1 +1,56 @@
-//! cairn-proto
+//! Cairn's wire formats: the `.proto` files and the Rust code generated from them.
+//!
+//! Owns: etcd's v3 API exactly as etcd 3.5 puts it on the wire (same packages, message names,
+//! field numbers and enum values, so unmodified etcd clients interoperate), and Cairn's own
+//! durable messages (the replicated log entry, the persisted lease record).
+//!
+//! Must not: hold logic. Validation, conversions and behaviour live in the crates that use these
+//! types; this crate is only schemas and `prost`/`tonic` output.
+//!
+//! Layout (one module per protobuf package; `proto/` holds the sources):
+//! - [`mvccpb`]: `KeyValue`, `Event` (`proto/etcd/api/mvccpb/kv.proto`).
+//! - [`authpb`]: `User`, `Role`, `Permission` (`proto/etcd/api/authpb/auth.proto`).
+//! - [`etcdserverpb`]: the KV, Watch, Lease, Cluster, Maintenance and Auth services, their
+//!   messages, and `*_server` / `*_client` modules (`proto/etcd/api/etcdserverpb/rpc.proto`).
+//! - [`v3electionpb`], [`v3lockpb`]: etcd's Election and Lock services
+//!   (`proto/etcd/server/etcdserver/api/{v3election,v3lock}/…`).
+//! - [`cairnpb`]: `InternalRequest` (one replicated log entry) and `LeaseRecord`
+//!   (`proto/cairn/cairnpb/internal.proto`).
+//!
+//! Generated code is exempt from clippy; nothing else lives here.
+
+/// etcd's MVCC types: `KeyValue`, `Event`.
+#[allow(clippy::all)]
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's auth store records: `User`, `Role`, `Permission`.
+#[allow(clippy::all)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's v3 gRPC API: messages plus `kv_server`, `watch_server`, … and their `*_client` twins.
+#[allow(clippy::all)]
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's Election service.
+#[allow(clippy::all)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
+/// etcd's Lock service.
+#[allow(clippy::all)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// Cairn's internal durable messages: the replicated log entry and the lease record.
+#[allow(clippy::all)]
+pub mod cairnpb {
+    tonic::include_proto!("cairnpb");
+}

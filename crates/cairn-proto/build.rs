@@ -1,0 +1,29 @@
+//! Compiles the `.proto` files under `proto/` into Rust (prost messages, tonic clients and
+//! servers). `protoc` comes from the `protoc-bin-vendored` crate, so a fresh machine needs only
+//! cargo.
+
+const PROTO_ROOT: &str = "proto";
+
+const PROTOS: &[&str] = &[
+    "proto/etcd/api/mvccpb/kv.proto",
+    "proto/etcd/api/authpb/auth.proto",
+    "proto/etcd/api/etcdserverpb/rpc.proto",
+    "proto/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
+    "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+    "proto/cairn/cairnpb/internal.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // Build scripts run single-threaded here, so setting the variable is sound; prost-build
+    // reads `PROTOC` to find the compiler.
+    std::env::set_var("PROTOC", protoc);
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(PROTOS, &[PROTO_ROOT])?;
+    Ok(())
+}
