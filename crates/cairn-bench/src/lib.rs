@@ -1,1 +1,10 @@
-//! cairn-bench
+//! cairn-bench — load generators. This crate holds `cairn bench kv`, a closed-loop load
+//! generator for the etcd v3 API modelled on etcd's `benchmark` tool, so that etcd and Cairn
+//! can be measured side by side with the very same client.
+//!
+//! Layout:
+//! - `kv` — flags, workload (put, range, txn-put), the run loop.
+//! - `report` — latency histograms merged from every client and the JSON report.
+
+pub mod kv;
+pub mod report;

@@ -1,1 +1,27 @@
-//! cairn-server
+//! cairn-server — the node: configuration, bootstrap from the data dir, the durable apply
+//! pipeline, and the etcd v3 gRPC services in front of it.
+//!
+//! Owns: turning client calls into validated proposals and reads, the WAL → apply pipeline,
+//! snapshots, lease expiry timing, response headers, the error → gRPC status table.
+//! Must not: contain state-machine logic (that is `cairn-mvcc`), or format bytes on disk (that
+//! is `cairn-storage`).
+//!
+//! Layout:
+//! - `config` — `ServerConfig`, named after etcd's flags; `identity` — member and cluster ids.
+//! - `node` — open/recover, propose, apply, snapshot, stop.
+//! - `lease_expiry` — the loop that revokes expired leases through the log.
+//! - `services/` — KV, Watch, Lease, Maintenance, Cluster.
+//! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
+//! - `error`, `limits`.
+
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod lease_expiry;
+pub mod limits;
+pub mod node;
+pub mod server;
+pub mod services;
+
+pub use config::{ClusterState, ServerConfig};
+pub use server::run;

@@ -1,1 +1,187 @@
-fn main() {}
+//! `cairn` — the command line: `serve` runs a member, `bench` measures one.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_bench::kv::KvBenchArgs;
+use cairn_server::{ClusterState, ServerConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: a drop-in etcd v3 server (and more)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a member serving the etcd v3 API (flags as etcd's).
+    Serve(ServeArgs),
+    /// Load generators.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// etcd v3 API load, like etcd's `benchmark` tool (works against etcd too).
+    Kv(KvBenchArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum StateArg {
+    New,
+    Existing,
+}
+
+/// Flags named and defaulted like etcd's.
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Directory for the WAL, snapshots and member identity.
+    #[arg(long, default_value = "default.cairn")]
+    data_dir: PathBuf,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    listen_client_urls: Vec<String>,
+    /// Client URLs advertised to the cluster and to clients (MemberList).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    listen_peer_urls: Vec<String>,
+    /// Peer URLs advertised to the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration: name=peer-url,…
+    #[arg(long, default_value = "default=http://127.0.0.1:2380")]
+    initial_cluster: String,
+    /// `new` for a new cluster, `existing` to join one.
+    #[arg(long, value_enum, default_value_t = StateArg::New)]
+    initial_cluster_state: StateArg,
+    /// Token that makes cluster and member ids unique per cluster.
+    #[arg(long, default_value = "cairn-cluster")]
+    initial_cluster_token: String,
+    /// Storage quota in bytes; beyond it the NOSPACE alarm refuses writes (0: 2 GiB default).
+    #[arg(long, default_value_t = 0)]
+    quota_backend_bytes: u64,
+    /// Largest client request in bytes.
+    #[arg(long, default_value_t = 1_572_864)]
+    max_request_bytes: usize,
+    /// Most operations in one txn.
+    #[arg(long, default_value_t = 128)]
+    max_txn_ops: usize,
+    /// Applied entries between two snapshots of the state.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_count: u64,
+    /// Period of watch progress notifications (etcd: --experimental-watch-progress-notify-interval).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    experimental_watch_progress_notify_interval: Duration,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `cairn_server=debug`.
+    #[arg(long, default_value = "info", env = "CAIRN_LOG")]
+    log_level: String,
+}
+
+/// `500ms`, `10s`, `10m` or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        _ => Err(format!(
+            "unknown unit {unit:?} in {text:?} (use ms, s, m or h)"
+        )),
+    }
+}
+
+impl ServeArgs {
+    fn into_config(self) -> ServerConfig {
+        let defaults = ServerConfig::default();
+        ServerConfig {
+            name: self.name,
+            data_dir: self.data_dir,
+            listen_client_urls: self.listen_client_urls,
+            advertise_client_urls: self.advertise_client_urls,
+            listen_peer_urls: self.listen_peer_urls,
+            initial_advertise_peer_urls: self.initial_advertise_peer_urls,
+            initial_cluster: self.initial_cluster,
+            initial_cluster_state: match self.initial_cluster_state {
+                StateArg::New => ClusterState::New,
+                StateArg::Existing => ClusterState::Existing,
+            },
+            initial_cluster_token: self.initial_cluster_token,
+            quota_backend_bytes: match self.quota_backend_bytes {
+                0 => defaults.quota_backend_bytes,
+                bytes => bytes,
+            },
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            snapshot_count: self.snapshot_count,
+            watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(&args.log_level);
+            let config = args.into_config();
+            runtime.block_on(async move {
+                cairn_server::run(config, shutdown_signal())
+                    .await
+                    .context("cairn serve")
+            })
+        }
+        Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(async move {
+            let report = cairn_bench::kv::run(&args)
+                .await
+                .context("cairn bench kv")?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.render());
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,162 @@
+//! Node configuration, named after etcd's flags so that an etcd command line carries over.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_mvcc::limits::{
+    QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT, TXN_OPS_MAX_DEFAULT,
+};
+
+use crate::error::StartError;
+
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Everything `cairn serve` is told.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `name=peer-url,…`; a single-node Cairn accepts only itself here.
+    pub initial_cluster: String,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub quota_backend_bytes: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    /// Applied entries between two snapshots (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Period of progress notifications for watchers that asked for them.
+    pub watch_progress_notify_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.cairn"),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_advertise_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_cluster: "default=http://127.0.0.1:2380".into(),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "cairn-cluster".into(),
+            quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
+            max_request_bytes: REQUEST_BYTES_MAX_DEFAULT,
+            max_txn_ops: TXN_OPS_MAX_DEFAULT,
+            snapshot_count: 100_000,
+            watch_progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks what can be checked before touching the disk or the network.
+    pub fn validate(&self) -> Result<(), StartError> {
+        let members = parse_initial_cluster(&self.initial_cluster)?;
+        let own: Vec<_> = members
+            .iter()
+            .filter(|(name, _)| *name == self.name)
+            .collect();
+        if own.is_empty() {
+            return Err(StartError::Config(format!(
+                "--initial-cluster has no entry for --name {:?}",
+                self.name
+            )));
+        }
+        if members.len() > 1 {
+            return Err(StartError::Config(
+                "this build runs single-member clusters; --initial-cluster lists several members"
+                    .into(),
+            ));
+        }
+        if self.listen_client_urls.is_empty() {
+            return Err(StartError::Config("--listen-client-urls is empty".into()));
+        }
+        for url in self.listen_client_urls.iter().chain(&self.listen_peer_urls) {
+            socket_addr(url)?;
+        }
+        if self.max_txn_ops == 0 || self.max_request_bytes == 0 || self.snapshot_count == 0 {
+            return Err(StartError::Config(
+                "--max-txn-ops, --max-request-bytes and --snapshot-count must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `name=url,name=url` into pairs.
+pub fn parse_initial_cluster(value: &str) -> Result<Vec<(String, String)>, StartError> {
+    value
+        .split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let (name, url) = part.split_once('=').ok_or_else(|| {
+                StartError::Config(format!("--initial-cluster entry {part:?} is not name=url"))
+            })?;
+            Ok((name.trim().to_string(), url.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The socket address of an `http://host:port` URL.
+pub fn socket_addr(url: &str) -> Result<SocketAddr, StartError> {
+    let bad = |why: &str| StartError::Config(format!("URL {url:?}: {why}"));
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => return Err(bad("TLS is not supported by this build yet")),
+        Some((scheme, _)) => return Err(bad(&format!("unknown scheme {scheme:?}"))),
+        None => return Err(bad("expected http://host:port")),
+    };
+    let host_port = rest.trim_end_matches('/');
+    let mut addrs = host_port
+        .to_socket_addrs()
+        .map_err(|error| bad(&error.to_string()))?;
+    addrs.next().ok_or_else(|| bad("resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_cluster_lists_parse_like_etcd() {
+        assert_eq!(
+            socket_addr("http://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
+        assert!(socket_addr("https://127.0.0.1:2379").is_err());
+        assert!(socket_addr("127.0.0.1:2379").is_err());
+        assert!(socket_addr("http://127.0.0.1").is_err());
+        let members = parse_initial_cluster("a=http://x:1, b=http://y:2").unwrap();
+        assert_eq!(
+            members,
+            vec![
+                ("a".into(), "http://x:1".into()),
+                ("b".into(), "http://y:2".into())
+            ]
+        );
+        assert!(parse_initial_cluster("nameonly").is_err());
+    }
+
+    #[test]
+    fn default_config_is_valid_and_others_are_refused() {
+        ServerConfig::default().validate().unwrap();
+        let mut two = ServerConfig::default();
+        two.initial_cluster = "default=http://127.0.0.1:2380,b=http://127.0.0.1:2390".into();
+        assert!(two.validate().is_err());
+        let mut stranger = ServerConfig::default();
+        stranger.name = "other".into();
+        assert!(stranger.validate().is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! Errors of the node and their gRPC form: the one table from Cairn errors to etcd's status
+//! codes and messages (etcd's `v3rpc/util.go`).
+
+use cairn_mvcc::MvccError;
+use tonic::{Code, Status};
+
+/// Why the node could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The state machine refused the request; the client sees etcd's error.
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    /// The node is shutting down (or its storage failed): retry on another member.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// A feature that a single-node Cairn does not offer yet.
+    #[error("etcdserver: {0} is not supported by this member")]
+    Unsupported(&'static str),
+}
+
+/// Errors from opening or running a node (the binary reports these and exits).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] cairn_storage::error::WalError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] cairn_storage::error::SnapshotError),
+    #[error("engine snapshot: {0}")]
+    Engine(#[from] cairn_storage::engine::EngineError),
+    #[error("log entry {index} does not decode: {reason}")]
+    CorruptEntry { index: u64, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {url}: {source}")]
+    Listen { url: String, source: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<ServerError> for Status {
+    fn from(error: ServerError) -> Status {
+        let code = match &error {
+            ServerError::Mvcc(mvcc) => mvcc_code(mvcc),
+            ServerError::Stopped => Code::Unavailable,
+            ServerError::Unsupported(_) => Code::Unimplemented,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+fn mvcc_code(error: &MvccError) -> Code {
+    match error {
+        MvccError::EmptyKey
+        | MvccError::KeyNotFound
+        | MvccError::ValueProvided
+        | MvccError::LeaseProvided
+        | MvccError::TooManyOps
+        | MvccError::DuplicateKey
+        | MvccError::RequestTooLarge
+        | MvccError::EmptyRequest => Code::InvalidArgument,
+        MvccError::Compacted | MvccError::FutureRevision | MvccError::LeaseTtlTooLarge => {
+            Code::OutOfRange
+        }
+        MvccError::NoSpace => Code::ResourceExhausted,
+        MvccError::LeaseNotFound => Code::NotFound,
+        MvccError::LeaseExists => Code::FailedPrecondition,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_carry_etcd_codes_and_messages() {
+        let status = Status::from(ServerError::from(MvccError::Compacted));
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert_eq!(
+            status.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let status = Status::from(ServerError::from(MvccError::RequestTooLarge));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "etcdserver: request is too large");
+        assert_eq!(
+            Status::from(ServerError::from(MvccError::NoSpace)).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            Status::from(ServerError::from(MvccError::LeaseNotFound)).code(),
+            Code::NotFound
+        );
+        assert_eq!(Status::from(ServerError::Stopped).code(), Code::Unavailable);
+    }
+}

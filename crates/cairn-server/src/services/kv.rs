@@ -1,0 +1,107 @@
+//! The KV service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Each RPC validates at the edge (etcd's errors), then reads from the store or proposes
+//! through the node. Reads need no proposal on a single member: every acknowledged write is
+//! applied before its reply, so the store already reflects everything a client has seen.
+
+use cairn_mvcc::txn::txn_writes;
+use cairn_mvcc::validate;
+use cairn_proto::cairnpb::internal_request::Request as Internal;
+use cairn_proto::etcdserverpb::kv_server::Kv;
+use cairn_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::error::ServerError;
+use crate::node::Node;
+
+pub struct KvService {
+    node: Node,
+}
+
+impl KvService {
+    pub fn new(node: Node) -> KvService {
+        KvService { node }
+    }
+}
+
+/// The apply result of a proposal whose kind is known from the request.
+macro_rules! expect_response {
+    ($result:expr, $variant:ident) => {
+        match $result {
+            cairn_mvcc::ApplyResponse::$variant(response) => response,
+            other => unreachable!("{} answered with {other:?}", stringify!($variant)),
+        }
+    };
+}
+pub(crate) use expect_response;
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_range(&request).map_err(ServerError::from)?;
+        let mut response = self
+            .node
+            .store()
+            .range(&request)
+            .map_err(ServerError::from)?;
+        self.node.fill_header(&mut response.header);
+        Ok(Response::new(response))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_put(&request).map_err(ServerError::from)?;
+        let result = self.node.propose(Internal::Put(request)).await?;
+        let mut response = expect_response!(result, Put);
+        self.node.fill_header(&mut response.header);
+        Ok(Response::new(response))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_delete_range(&request).map_err(ServerError::from)?;
+        let result = self.node.propose(Internal::DeleteRange(request)).await?;
+        let mut response = expect_response!(result, DeleteRange);
+        self.node.fill_header(&mut response.header);
+        Ok(Response::new(response))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_txn(&request, self.node.config().max_txn_ops).map_err(ServerError::from)?;
+        let mut response = if txn_writes(&request) {
+            let result = self.node.propose(Internal::Txn(request)).await?;
+            expect_response!(result, Txn)
+        } else {
+            self.node
+                .store()
+                .txn_read_only(&request)
+                .map_err(ServerError::from)?
+        };
+        self.node.fill_header(&mut response.header);
+        Ok(Response::new(response))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let result = self
+            .node
+            .propose(Internal::Compaction(request.into_inner()))
+            .await?;
+        let mut response = expect_response!(result, Compaction);
+        self.node.fill_header(&mut response.header);
+        Ok(Response::new(response))
+    }
+}

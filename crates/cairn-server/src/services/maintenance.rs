@@ -1,0 +1,199 @@
+//! The Maintenance service: Status, Alarm, Hash, HashKV, Snapshot, Defragment, MoveLeader.
+
+use cairn_proto::cairnpb::internal_request::Request as Internal;
+use cairn_proto::etcdserverpb::maintenance_server::Maintenance;
+use cairn_proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::error::ServerError;
+use crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
+use crate::node::Node;
+use crate::services::kv::expect_response;
+
+/// The etcd version Cairn speaks, as clients (Kubernetes) check it. Cairn's own version is in
+/// the logs and `cairn --version`.
+pub const ETCD_VERSION: &str = "3.5.17";
+
+pub struct MaintenanceService {
+    node: Node,
+}
+
+impl MaintenanceService {
+    pub fn new(node: Node) -> MaintenanceService {
+        MaintenanceService { node }
+    }
+}
+
+fn alarm_name(alarm: i32) -> &'static str {
+    AlarmType::try_from(alarm).map_or("UNKNOWN", |alarm| alarm.as_str_name())
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        let result = self
+            .node
+            .propose(Internal::Alarm(request.into_inner()))
+            .await?;
+        let mut response = expect_response!(result, Alarm);
+        self.node.fill_header(&mut response.header);
+        Ok(Response::new(response))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let store = self.node.store();
+        let member_id = self.node.identity().member_id;
+        let errors = store
+            .alarms()
+            .into_iter()
+            .map(|(member, alarm)| format!("memberID:{member} alarm:{} ", alarm_name(alarm)))
+            .collect();
+        let response = StatusResponse {
+            header: Some(self.node.header(store.current_revision())),
+            version: ETCD_VERSION.into(),
+            db_size: store.size_bytes() as i64,
+            leader: member_id,
+            raft_index: store.applied_index(),
+            raft_term: crate::node::RAFT_TERM,
+            raft_applied_index: store.applied_index(),
+            errors,
+            db_size_in_use: store.size_bytes() as i64,
+            is_learner: false,
+            db_size_quota: self.node.config().quota_backend_bytes as i64,
+            ..Default::default()
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // The memory engine frees space as soon as compaction deletes records.
+        let revision = self.node.store().current_revision();
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.node.header(revision)),
+        }))
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let store = self.node.store();
+        let hash = store.hash_kv(0).map_err(ServerError::from)?;
+        let header = Some(self.node.header(store.current_revision()));
+        Ok(Response::new(HashResponse {
+            header,
+            hash: hash.hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let store = self.node.store();
+        let hash = store
+            .hash_kv(request.into_inner().revision)
+            .map_err(ServerError::from)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.node.header(store.current_revision())),
+            hash: hash.hash,
+            compact_revision: hash.compact_revision,
+            hash_revision: hash.hash_revision,
+        }))
+    }
+
+    type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
+
+    /// Streams a consistent copy of the whole state, then its SHA-256 as a last message (etcd's
+    /// framing, which `etcdctl snapshot save` writes to a file as it comes).
+    ///
+    /// Body: `u64` big-endian length of the engine snapshot, the engine snapshot, zero padding to
+    /// a multiple of 512 bytes (etcdctl checks `size % 512 == 32` because bolt files are
+    /// page-aligned), then the SHA-256 of the body.
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let (data, revision) = {
+            let store = self.node.store();
+            (
+                snapshot_body(store.encode_snapshot()),
+                store.current_revision(),
+            )
+        };
+        let header = Some(self.node.header(revision));
+        let (out, responses) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let digest = Sha256::digest(&data);
+            let total = data.len();
+            for (position, chunk) in data.chunks(SNAPSHOT_CHUNK_BYTES_MAX).enumerate() {
+                let sent = position * SNAPSHOT_CHUNK_BYTES_MAX + chunk.len();
+                let response = SnapshotResponse {
+                    header: header.clone(),
+                    remaining_bytes: (total - sent) as u64,
+                    blob: chunk.to_vec(),
+                    version: ETCD_VERSION.into(),
+                };
+                if out.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+            let last = SnapshotResponse {
+                header,
+                remaining_bytes: 0,
+                blob: digest.to_vec(),
+                version: ETCD_VERSION.into(),
+            };
+            let _ = out.send(Ok(last)).await;
+        });
+        Ok(Response::new(ReceiverStream::new(responses)))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        if request.into_inner().target_id != self.node.identity().member_id {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        let revision = self.node.store().current_revision();
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.node.header(revision)),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(ServerError::Unsupported("Downgrade").into())
+    }
+}
+
+/// Frames an engine snapshot as the Snapshot stream body (see `snapshot`).
+fn snapshot_body(engine_snapshot: Vec<u8>) -> Vec<u8> {
+    const ALIGN: usize = 512;
+    let framed = 8 + engine_snapshot.len();
+    let mut body = Vec::with_capacity(framed.div_ceil(ALIGN) * ALIGN);
+    body.extend_from_slice(&(engine_snapshot.len() as u64).to_be_bytes());
+    body.extend_from_slice(&engine_snapshot);
+    body.resize(framed.div_ceil(ALIGN) * ALIGN, 0);
+    body
+}
