@@ -114,6 +114,16 @@ impl Node {
                 if replay_error.is_some() {
                     return;
                 }
+                // A purged or lost stretch between the snapshot and the log would silently
+                // drop acknowledged writes: refuse to start instead.
+                let expected = snapshot_index + replayed + 1;
+                if entry.index != expected {
+                    replay_error = Some(StartError::CorruptEntry {
+                        index: entry.index,
+                        reason: format!("log gap: expected entry {expected} after the snapshot"),
+                    });
+                    return;
+                }
                 match InternalRequest::decode(entry.data.as_ref()) {
                     Ok(request) => {
                         // A refused request was refused the first time too: its result is dropped.

@@ -29,8 +29,10 @@ use crate::services::lease::LeaseService;
 use crate::services::maintenance::MaintenanceService;
 use crate::services::watch::WatchService;
 
-/// Longest wait for in-flight calls once shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait for in-flight calls once shutdown begins. Unary calls finish in milliseconds
+/// and our streams end themselves on shutdown; what can remain are idle client connections,
+/// which hyper's graceful shutdown may wait on indefinitely (hyperium/hyper#4170).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `config` until `shutdown` resolves; returns after a clean stop.
 pub async fn run(
