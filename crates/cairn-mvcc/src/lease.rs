@@ -151,8 +151,10 @@ impl KvStore {
         ttl_s: i64,
         now_unix_ms: i64,
     ) -> Result<LeaseGrantResponse, MvccError> {
+        // Clients may choose any non-zero id, negative ones included (etcd accepts them); 0
+        // asks for a random id, which the proposer fills in.
         assert!(
-            id > 0,
+            id != 0,
             "lease: the proposer picks the id of a grant (got {id})"
         );
         if ttl_s > LEASE_TTL_S_MAX {

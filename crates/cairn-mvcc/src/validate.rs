@@ -81,6 +81,19 @@ fn non_empty_key(key: &[u8]) -> Result<(), MvccError> {
     Ok(())
 }
 
+/// The keys a delete covers as etcd's `checkIntervals` sees them: its interval tree takes
+/// `range_end` literally, so a `"\0"` end (every key from `key` on, when applied) makes an
+/// interval that ends before it starts and clashes with no put.
+fn deleted_interval(delete: &DeleteRangeRequest) -> KeyRange {
+    match delete.range_end.as_slice() {
+        [] => KeyRange::Single(delete.key.clone()),
+        end => KeyRange::Span {
+            start: delete.key.clone(),
+            end: Some(end.to_vec()),
+        },
+    }
+}
+
 /// The keys one list of txn operations may write: puts and deleted ranges.
 struct Writes {
     puts: HashSet<Vec<u8>>,
@@ -103,9 +116,7 @@ fn collect_writes(ops: &[RequestOp]) -> Result<Writes, MvccError> {
     };
     for op in ops {
         if let Some(Request::RequestDeleteRange(delete)) = &op.request {
-            writes
-                .deletes
-                .push(KeyRange::new(&delete.key, &delete.range_end));
+            writes.deletes.push(deleted_interval(delete));
         }
     }
     for op in ops {

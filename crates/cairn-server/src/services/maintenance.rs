@@ -143,7 +143,7 @@ impl Maintenance for MaintenanceService {
             for (position, chunk) in data.chunks(SNAPSHOT_CHUNK_BYTES_MAX).enumerate() {
                 let sent = position * SNAPSHOT_CHUNK_BYTES_MAX + chunk.len();
                 let response = SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: (total - sent) as u64,
                     blob: chunk.to_vec(),
                     version: ETCD_VERSION.into(),
