@@ -12,7 +12,7 @@ use cairn_proto::etcdserverpb::request_op::Request as Op;
 use cairn_proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse,
     LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutResponse, RequestOp,
-    TxnResponse,
+    TxnRequest, TxnResponse,
 };
 use cairn_storage::schema::META_APPLIED_INDEX;
 
@@ -83,7 +83,7 @@ impl KvStore {
     fn apply_quota(&mut self, request: &InternalRequest) -> Result<(), MvccError> {
         let cost = match &request.request {
             Some(Request::Put(put)) => put_cost(&put.key, &put.value),
-            Some(Request::Txn(txn)) => ops_cost(&txn.success) + ops_cost(&txn.failure),
+            Some(Request::Txn(txn)) => txn_cost(txn),
             Some(Request::LeaseGrant(_)) => QUOTA_PUT_OVERHEAD_BYTES,
             _ => return Ok(()),
         };
@@ -137,11 +137,18 @@ fn put_cost(key: &[u8], value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64 + QUOTA_PUT_OVERHEAD_BYTES
 }
 
+/// etcd's `costTxn`: only one branch of a txn runs, so it costs its larger branch. Unlike
+/// etcd, which charges nested txns nothing, a nested txn's puts count: a txn must not slip
+/// writes past a raised NOSPACE alarm by nesting them.
+fn txn_cost(txn: &TxnRequest) -> u64 {
+    ops_cost(&txn.success).max(ops_cost(&txn.failure))
+}
+
 fn ops_cost(ops: &[RequestOp]) -> u64 {
     ops.iter()
         .map(|op| match &op.request {
             Some(Op::RequestPut(put)) => put_cost(&put.key, &put.value),
-            Some(Op::RequestTxn(nested)) => ops_cost(&nested.success) + ops_cost(&nested.failure),
+            Some(Op::RequestTxn(nested)) => txn_cost(nested),
             _ => 0,
         })
         .sum()

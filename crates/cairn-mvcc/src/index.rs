@@ -69,6 +69,26 @@ impl TreeIndex {
         }
     }
 
+    /// Replays a put record while rebuilding the index from the engine. A key's first record
+    /// there carries its generation's create revision and version (see
+    /// [`KeyIndex::restore`]); later records extend the history as live puts do.
+    pub fn restore_put(&mut self, key: &[u8], revision: Revision, created: i64, version: i64) {
+        match self.keys.get_mut(key) {
+            Some(index) => {
+                index.put(revision);
+                debug_assert_eq!(
+                    index.get(revision.main).map(|found| found.version),
+                    Some(version),
+                    "index: replayed version of {key:?} disagrees with its record"
+                );
+            }
+            None => {
+                let index = KeyIndex::restore(Revision::new(created, 0), revision, version);
+                self.keys.insert(key.to_vec(), index);
+            }
+        }
+    }
+
     pub fn tombstone(&mut self, key: &[u8], revision: Revision) {
         let index = self.keys.get_mut(key);
         let index = index.unwrap_or_else(|| panic!("index: tombstone of unknown key {key:?}"));

@@ -56,6 +56,27 @@ impl KeyIndex {
         }
     }
 
+    /// Rebuilds a key's history from its oldest record left in the engine: a put at `modified`
+    /// in the generation created at `created`, which had reached `version` (etcd's
+    /// `keyIndex.restore`). After a compaction that record may be the only one left of its
+    /// generation, so the version and the create revision come from the record itself;
+    /// counting the surviving puts would restart them.
+    pub fn restore(created: Revision, modified: Revision, version: i64) -> KeyIndex {
+        assert!(
+            version > 0 && created <= modified,
+            "key_index: restoring version {version} created at {created:?}, modified at {modified:?}"
+        );
+        let generation = Generation {
+            version,
+            created,
+            revisions: vec![modified],
+        };
+        KeyIndex {
+            modified,
+            generations: vec![generation],
+        }
+    }
+
     /// Newest revision recorded for the key (put or tombstone).
     pub fn modified(&self) -> Revision {
         self.modified
@@ -248,6 +269,25 @@ mod tests {
         index.compact(3, &mut keep);
         assert!(keep.is_empty());
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn restore_continues_a_compacted_generation() {
+        let mut index = KeyIndex::restore(rev(2), rev(7), 4);
+        assert_eq!(
+            index.get(7).map(|k| (k.created.main, k.version)),
+            Some((2, 4))
+        );
+        assert_eq!(
+            index.get(6),
+            None,
+            "nothing is known before the restored record"
+        );
+        index.put(rev(9));
+        assert_eq!(
+            index.get(9).map(|k| (k.created.main, k.version)),
+            Some((2, 5))
+        );
     }
 
     #[test]

@@ -79,7 +79,8 @@ impl KvStore {
         self.compact_revision = self.meta(META_COMPACT_REVISION).unwrap_or(-1);
         let mut current = self.meta(META_CURRENT_REVISION).unwrap_or(1);
         // Records come in revision order, so replaying them into the index rebuilds every
-        // key's generations exactly.
+        // key's generations exactly; a key's first record restores what compaction dropped
+        // before it (its generation's create revision and version).
         self.engine.scan(Bucket::Key, &[], None, &mut |key, value| {
             let (revision, tombstone) = Revision::from_bytes(key)
                 .unwrap_or_else(|| panic!("store: malformed revision key {key:?} in the engine"));
@@ -88,7 +89,8 @@ impl KvStore {
             if tombstone {
                 self.index.tombstone(&kv.key, revision);
             } else {
-                self.index.put(&kv.key, revision);
+                let (created, version) = (kv.create_revision, kv.version);
+                self.index.restore_put(&kv.key, revision, created, version);
             }
             true
         });
