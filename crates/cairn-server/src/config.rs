@@ -152,11 +152,13 @@ mod tests {
     #[test]
     fn default_config_is_valid_and_others_are_refused() {
         ServerConfig::default().validate().unwrap();
-        let mut two = ServerConfig::default();
-        two.initial_cluster = "default=http://127.0.0.1:2380,b=http://127.0.0.1:2390".into();
+        let two = ServerConfig {
+            initial_cluster: "default=http://127.0.0.1:2380,b=http://127.0.0.1:2390".into(),
+            ..ServerConfig::default()
+        };
         assert!(two.validate().is_err());
-        let mut stranger = ServerConfig::default();
-        stranger.name = "other".into();
+        let stranger = ServerConfig { name: "other".into(), ..ServerConfig::default() };
         assert!(stranger.validate().is_err());
     }
+
 }

@@ -1,11 +1,5 @@
 //! Explicit bounds of the server: queue sizes and batch sizes.
 
-/// Proposals waiting for the proposer thread; senders wait when it is full (backpressure).
-pub const PROPOSALS_QUEUED_MAX: usize = 16 * 1024;
-
-/// Most proposals the proposer turns into one WAL batch.
-pub const PROPOSAL_BATCH_MAX: usize = 2048;
-
 /// Watch responses buffered per Watch stream before the stream task waits for the client.
 pub const WATCH_RESPONSES_QUEUED_MAX: usize = 128;
 
@@ -24,5 +18,3 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 32 * 1024;
 /// Extra gRPC message room above `--max-request-bytes`, so that requests slightly above the
 /// limit reach etcd's "request is too large" check instead of a transport error (etcd: 512 KiB).
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-
-const _: () = assert!(PROPOSAL_BATCH_MAX <= PROPOSALS_QUEUED_MAX);

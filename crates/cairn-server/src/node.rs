@@ -1,24 +1,26 @@
 //! The node: durable, ordered application of requests to the state machine.
 //!
 //! ```text
-//!  gRPC handlers ──propose()──► proposals queue ──► proposer thread ──append──► WAL writer thread
-//!                                                   (batches, stamps time,      (write + one fsync
-//!                                                    assigns log indexes)        per batch)
-//!                                                                                    │ flushed
-//!  reply (oneshot) ◄── applier task ◄──────────── flushed batches ◄─────────────────┘
-//!                      (write lock, apply in log order, publish revision, snapshot)
+//!  gRPC handler ── propose(): stamp time, encode, ──► WAL writer thread ──► flushed callback
+//!                 then under `log_tail`: assign the     (write + one fdatasync  (on the writer
+//!                 next index and append                  per group of waiting    thread: apply
+//!                                                        appends)                under the store
+//!  reply (oneshot) ◄──────────────────────────────────────────────────────────── write lock,
+//!                                                                                 publish revision,
+//!                                                                                 maybe snapshot)
 //! ```
 //!
 //! A request is acknowledged only after its entry is fsynced *and* applied, so every reply
 //! carries a revision that a restart reproduces (replay is deterministic) and reads served from
 //! the store are linearizable on a single node. Group commit comes from the WAL: whatever queues
-//! up during one fsync shares the next one.
+//! up during one fsync shares the next one. A write costs two thread wake-ups (handler → WAL
+//! writer → handler): the apply runs in the WAL's flushed callback rather than on another task.
 //!
-//! Hot path (proposer, applier): no per-byte allocation, no lock held across an await, no task
-//! per request.
+//! Hot path (`propose`, `Applier::flushed`): no per-byte allocation, no lock held across an
+//! await, no task per request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -27,42 +29,35 @@ use cairn_proto::cairnpb::internal_request::Request;
 use cairn_proto::cairnpb::InternalRequest;
 use cairn_proto::etcdserverpb::ResponseHeader;
 use cairn_storage::engine::Engine;
+use cairn_storage::error::WalError;
 use cairn_storage::memory::MemoryEngine;
 use cairn_storage::snapshot::SnapshotStore;
 use cairn_storage::wal::{Entry, Wal, WalOptions};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::config::ServerConfig;
 use crate::error::{ServerError, StartError};
 use crate::identity::Identity;
-use crate::limits::{PROPOSALS_QUEUED_MAX, PROPOSAL_BATCH_MAX};
 
 /// Raft term reported in headers. A single member never changes leader, so it stays 1 until
 /// replication arrives.
 pub const RAFT_TERM: u64 = 1;
 
-struct Proposal {
-    request: InternalRequest,
-    reply: oneshot::Sender<Result<ApplyResponse, ServerError>>,
-}
-
-enum ProposerMessage {
-    Propose(Proposal),
-    Stop,
-}
-
-/// Entries the WAL reported durable (or failed to make durable), with their waiting clients.
-struct FlushedBatch {
-    result: Result<u64, cairn_storage::error::WalError>,
-    proposals: Vec<(u64, Proposal)>,
-}
+type Reply = oneshot::Sender<Result<ApplyResponse, ServerError>>;
 
 /// A running node; cheap to clone.
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<NodeInner>,
+}
+
+/// Where the next entry goes. Assigning the index and handing the entry to the WAL happen under
+/// one lock so that entries reach the WAL in index order.
+struct LogTail {
+    next_index: u64,
+    closed: bool,
 }
 
 struct NodeInner {
@@ -71,17 +66,20 @@ struct NodeInner {
     /// `std::sync::RwLock`, not tokio's: it is only ever held for in-memory work, never across
     /// an await, and readers (Range) must not pay for an async lock.
     store: Arc<RwLock<KvStore>>,
-    proposals: mpsc::Sender<ProposerMessage>,
+    /// `std::sync::Mutex`: held for an index increment and a queue push. `Wal::append` blocks
+    /// only when the WAL queue is full, which is exactly the backpressure writers should feel.
+    log_tail: Mutex<LogTail>,
+    /// Shared with every flushed callback; they run one at a time on the WAL writer thread.
+    applier: Arc<Mutex<Applier>>,
     revision: watch::Receiver<i64>,
     stopping: watch::Sender<bool>,
     stopped: AtomicBool,
-    applier: Mutex<Option<tokio::task::JoinHandle<()>>>,
     wal: Wal,
     snapshots_taken: Arc<AtomicU64>,
 }
 
 impl Node {
-    /// Opens the data dir (snapshot + WAL replay) and starts the proposer and applier.
+    /// Opens the data dir (snapshot + WAL replay) and starts serving proposals.
     pub async fn open(config: ServerConfig) -> Result<Node, StartError> {
         config.validate()?;
         let member_dir = config.data_dir.join("member");
@@ -154,43 +152,33 @@ impl Node {
         let next_index = wal.last_index().max(store.applied_index()) + 1;
         let (revision_tx, revision_rx) = watch::channel(store.current_revision());
         let store = Arc::new(RwLock::new(store));
-        let (proposals_tx, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
-        let (flushed_tx, flushed_rx) = mpsc::unbounded_channel();
         let (stopping, _) = watch::channel(false);
         let snapshots_taken = Arc::new(AtomicU64::new(0));
-
-        let proposer_wal = wal.clone();
-        let runtime = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("cairn-proposer".into())
-            .spawn(move || {
-                run_proposer(proposals_rx, proposer_wal, next_index, flushed_tx, runtime)
-            })
-            .map_err(|source| StartError::DataDir {
-                path: "proposer thread".into(),
-                source,
-            })?;
         let applier = Applier {
             store: store.clone(),
             revision: revision_tx,
             snapshots: Arc::new(snapshots),
             wal: wal.clone(),
+            runtime: tokio::runtime::Handle::current(),
             snapshot_count: config.snapshot_count,
             applied_since_snapshot: replayed,
             snapshot_running: Arc::new(AtomicBool::new(false)),
             snapshots_taken: snapshots_taken.clone(),
+            failed: false,
         };
-        let applier = tokio::spawn(applier.run(flushed_rx));
         Ok(Node {
             inner: Arc::new(NodeInner {
                 identity,
                 config,
                 store,
-                proposals: proposals_tx,
+                log_tail: Mutex::new(LogTail {
+                    next_index,
+                    closed: false,
+                }),
+                applier: Arc::new(Mutex::new(applier)),
                 revision: revision_rx,
                 stopping,
                 stopped: AtomicBool::new(false),
-                applier: Mutex::new(Some(applier)),
                 wal,
                 snapshots_taken,
             }),
@@ -251,23 +239,33 @@ impl Node {
 
     /// Proposes `request`: returns once it is durable and applied, with the apply result.
     pub async fn propose(&self, request: Request) -> Result<ApplyResponse, ServerError> {
-        let request = InternalRequest {
-            now_unix_ms: 0,
+        let mut request = InternalRequest {
+            now_unix_ms: now_unix_ms(),
             request: Some(request),
         };
         if request.encoded_len() > self.inner.config.max_request_bytes {
             return Err(MvccError::RequestTooLarge.into());
         }
-        if self.inner.stopped.load(Ordering::Acquire) {
-            return Err(ServerError::Stopped);
-        }
+        let data = Bytes::from(request.encode_to_vec());
         let (reply, result) = oneshot::channel();
-        let message = ProposerMessage::Propose(Proposal { request, reply });
-        self.inner
-            .proposals
-            .send(message)
-            .await
-            .map_err(|_| ServerError::Stopped)?;
+        {
+            let mut tail = lock(&self.inner.log_tail);
+            if tail.closed {
+                return Err(ServerError::Stopped);
+            }
+            let index = tail.next_index;
+            tail.next_index += 1;
+            let applier = self.inner.applier.clone();
+            let entry = Entry {
+                index,
+                term: RAFT_TERM,
+                data,
+            };
+            // The decoded request travels with the entry, so applying never decodes it again.
+            let request = std::mem::take(&mut request);
+            let flushed = move |result| lock(&applier).flushed(result, index, &request, reply);
+            self.inner.wal.append(vec![entry], Box::new(flushed));
+        }
         result.await.map_err(|_| ServerError::Stopped)?
     }
 
@@ -282,21 +280,40 @@ impl Node {
         if self.inner.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.inner.stopping.send_replace(true);
-        let _ = self.inner.proposals.send(ProposerMessage::Stop).await;
-        let applier = self
-            .inner
-            .applier
-            .lock()
-            .expect("applier handle lock")
-            .take();
-        if let Some(applier) = applier {
-            if let Err(error) = applier.await {
-                error!(%error, "applier task failed");
-            }
+        self.begin_stop();
+        lock(&self.inner.log_tail).closed = true;
+        if let Err(error) = self.inner.wal.close().await {
+            error!(%error, "closing the WAL failed");
         }
+        let applier = self.inner.applier.clone();
+        let (snapshots, index, data) = {
+            let applier = lock(&applier);
+            if applier.failed || applier.applied_since_snapshot == 0 {
+                info!("node stopped");
+                return;
+            }
+            let (index, data) = applier.encode();
+            (applier.snapshots.clone(), index, data)
+        };
+        // The WAL is closed by now; the next start's first snapshot purges it.
+        save_snapshot(
+            snapshots,
+            None,
+            index,
+            data,
+            self.inner.snapshots_taken.clone(),
+        )
+        .await;
         info!("node stopped");
     }
+}
+
+/// Locks a mutex of this module. Poisoning means a callback panicked on a broken invariant,
+/// which already took the node down.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .expect("node mutex poisoned by a panicked apply")
 }
 
 /// Resolves once shutdown begins. The guard `wait_for` yields is dropped in here, so the
@@ -313,130 +330,58 @@ pub fn now_unix_ms() -> i64 {
     since_epoch.as_millis() as i64
 }
 
-/// The proposer: a thread, because `Wal::append` may block when the WAL queue is full, and that
-/// backpressure must reach the proposals queue rather than stall a runtime worker.
-fn run_proposer(
-    mut proposals: mpsc::Receiver<ProposerMessage>,
-    wal: Wal,
-    mut next_index: u64,
-    flushed: mpsc::UnboundedSender<FlushedBatch>,
-    runtime: tokio::runtime::Handle,
-) {
-    let mut stop = false;
-    while !stop {
-        let Some(first) = proposals.blocking_recv() else {
-            break;
-        };
-        let mut batch = Vec::new();
-        let mut message = Some(first);
-        while let Some(next) = message.take() {
-            match next {
-                ProposerMessage::Propose(proposal) => batch.push(proposal),
-                ProposerMessage::Stop => stop = true,
-            }
-            if !stop && batch.len() < PROPOSAL_BATCH_MAX {
-                message = proposals.try_recv().ok();
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let now = now_unix_ms();
-        let mut entries = Vec::with_capacity(batch.len());
-        let mut waiting = Vec::with_capacity(batch.len());
-        for mut proposal in batch {
-            proposal.request.now_unix_ms = now;
-            let data = Bytes::from(proposal.request.encode_to_vec());
-            entries.push(Entry {
-                index: next_index,
-                term: RAFT_TERM,
-                data,
-            });
-            waiting.push((next_index, proposal));
-            next_index += 1;
-        }
-        let flushed = flushed.clone();
-        wal.append(
-            entries,
-            Box::new(move |result| {
-                // The applier outlives every batch it is sent; if it is gone the node is down.
-                let _ = flushed.send(FlushedBatch {
-                    result,
-                    proposals: waiting,
-                });
-            }),
-        );
-    }
-    // Refuse what is still queued, then flush and close the WAL; its callbacks deliver the last
-    // batches to the applier, which stops when this thread's sender and theirs are dropped.
-    proposals.close();
-    while let Ok(message) = proposals.try_recv() {
-        if let ProposerMessage::Propose(proposal) = message {
-            let _ = proposal.reply.send(Err(ServerError::Stopped));
-        }
-    }
-    if let Err(error) = runtime.block_on(wal.close()) {
-        error!(%error, "closing the WAL failed");
-    }
-}
-
-/// Applies flushed batches in log order; owns snapshotting.
+/// Applies flushed entries in log order and owns snapshotting. Its `flushed` runs on the WAL
+/// writer thread, once per entry, in index order.
 struct Applier {
     store: Arc<RwLock<KvStore>>,
     revision: watch::Sender<i64>,
     snapshots: Arc<SnapshotStore>,
     wal: Wal,
+    runtime: tokio::runtime::Handle,
     snapshot_count: u64,
     applied_since_snapshot: u64,
     snapshot_running: Arc<AtomicBool>,
     snapshots_taken: Arc<AtomicU64>,
+    /// The WAL failed once: durability of later entries is unknown, so nothing more is applied
+    /// or acknowledged (etcd panics here; we stop serving writes).
+    failed: bool,
 }
 
 impl Applier {
-    async fn run(mut self, mut flushed: mpsc::UnboundedReceiver<FlushedBatch>) {
-        let mut failed = false;
-        while let Some(batch) = flushed.recv().await {
-            if failed {
-                reply_all(batch.proposals, || ServerError::Stopped);
-                continue;
-            }
-            if let Err(error) = batch.result {
-                // Durability of these entries is unknown: never apply or acknowledge them, and
-                // refuse everything after (etcd panics here; we stop serving writes).
+    fn flushed(
+        &mut self,
+        result: Result<u64, WalError>,
+        index: u64,
+        request: &InternalRequest,
+        reply: Reply,
+    ) {
+        if let Err(error) = result {
+            if !self.failed {
                 error!(%error, "WAL write failed; refusing all further writes");
-                failed = true;
-                reply_all(batch.proposals, || ServerError::Stopped);
-                continue;
             }
-            self.apply_batch(batch.proposals);
-            if self.applied_since_snapshot >= self.snapshot_count {
-                self.snapshot_in_background();
-            }
+            self.failed = true;
         }
-        if self.applied_since_snapshot > 0 && !failed {
-            self.snapshot_now().await;
+        if self.failed {
+            let _ = reply.send(Err(ServerError::Stopped));
+            return;
         }
-    }
-
-    fn apply_batch(&mut self, proposals: Vec<(u64, Proposal)>) {
-        let mut results = Vec::with_capacity(proposals.len());
-        let revision = {
+        let (result, revision) = {
             let mut store = self.store.write().expect("store lock poisoned");
-            for (index, proposal) in &proposals {
-                results.push(store.apply(*index, &proposal.request));
-            }
-            store.current_revision()
+            let result = store.apply(index, request);
+            (result, store.current_revision())
         };
-        self.revision.send_replace(revision);
-        self.applied_since_snapshot += proposals.len() as u64;
-        for ((_, proposal), result) in proposals.into_iter().zip(results) {
-            // A client that gave up (deadline, disconnect) no longer listens: nothing to do.
-            let _ = proposal.reply.send(result.map_err(ServerError::from));
+        self.revision
+            .send_if_modified(|current| std::mem::replace(current, revision) != revision);
+        // A client that gave up (deadline, disconnect) no longer listens: nothing to do.
+        let _ = reply.send(result.map_err(ServerError::from));
+        self.applied_since_snapshot += 1;
+        if self.applied_since_snapshot >= self.snapshot_count {
+            self.snapshot_in_background();
         }
     }
 
     /// Starts a snapshot unless one is running: state encoded here (the applier is the only
-    /// writer, so the state cannot move meanwhile), file written and WAL purged off the task.
+    /// writer, so the state cannot move meanwhile), file written and WAL purged off-thread.
     fn snapshot_in_background(&mut self) {
         if self.snapshot_running.swap(true, Ordering::AcqRel) {
             return;
@@ -447,18 +392,10 @@ impl Applier {
         let wal = self.wal.clone();
         let running = self.snapshot_running.clone();
         let taken = self.snapshots_taken.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             save_snapshot(snapshots, Some(wal), index, data, taken).await;
             running.store(false, Ordering::Release);
         });
-    }
-
-    async fn snapshot_now(&mut self) {
-        let (index, data) = self.encode();
-        self.applied_since_snapshot = 0;
-        let snapshots = self.snapshots.clone();
-        // The WAL is closed by now; the next start's first snapshot purges it.
-        save_snapshot(snapshots, None, index, data, self.snapshots_taken.clone()).await;
     }
 
     fn encode(&self) -> (u64, Vec<u8>) {
@@ -488,11 +425,5 @@ async fn save_snapshot(
         }
         Ok(Err(error)) => warn!(%error, index, "snapshot failed; the WAL keeps everything"),
         Err(error) => warn!(%error, index, "snapshot task failed"),
-    }
-}
-
-fn reply_all(proposals: Vec<(u64, Proposal)>, error: impl Fn() -> ServerError) {
-    for (_, proposal) in proposals {
-        let _ = proposal.reply.send(Err(error()));
     }
 }

@@ -8,6 +8,12 @@ use cairn_bench::kv::KvBenchArgs;
 use cairn_server::{ClusterState, ServerConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc instead of glibc malloc: the request path allocates small, short-lived buffers
+/// (protobuf messages, HTTP/2 frames) on several threads, where glibc spent ~8% of server CPU
+/// under a 100-client put load (measured with `perf record`; see docs/perf/kv-single-node.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cairn",

@@ -29,7 +29,10 @@ fn pair_txn(prefix: &str, value: &str) -> TxnRequest {
             ..Default::default()
         })),
     };
-    TxnRequest { success: vec![put("a"), put("b")], ..Default::default() }
+    TxnRequest {
+        success: vec![put("a"), put("b")],
+        ..Default::default()
+    }
 }
 
 #[derive(Default)]
@@ -41,7 +44,11 @@ struct History {
 }
 
 async fn writer(endpoint: String, cycle: usize, writer: usize, history: Arc<Mutex<History>>) {
-    let Ok(channel) = tonic::transport::Channel::from_shared(endpoint).unwrap().connect().await else {
+    let Ok(channel) = tonic::transport::Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+    else {
         return;
     };
     let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::new(channel);
@@ -65,9 +72,21 @@ async fn writer(endpoint: String, cycle: usize, writer: usize, history: Arc<Mute
 
 async fn read_all(cairn: &Cairn) -> BTreeMap<Vec<u8>, (i64, Vec<u8>)> {
     let mut kv = cairn.kv().await;
-    let all = RangeRequest { key: b"c".to_vec(), range_end: b"d".to_vec(), ..Default::default() };
-    let response = kv.range(all).await.expect("range after restart").into_inner();
-    response.kvs.into_iter().map(|kv| (kv.key, (kv.mod_revision, kv.value))).collect()
+    let all = RangeRequest {
+        key: b"c".to_vec(),
+        range_end: b"d".to_vec(),
+        ..Default::default()
+    };
+    let response = kv
+        .range(all)
+        .await
+        .expect("range after restart")
+        .into_inner();
+    response
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, (kv.mod_revision, kv.value)))
+        .collect()
 }
 
 fn check(history: &History, stored: &BTreeMap<Vec<u8>, (i64, Vec<u8>)>, cycle: usize, seed: u64) {
@@ -86,17 +105,30 @@ fn check(history: &History, stored: &BTreeMap<Vec<u8>, (i64, Vec<u8>)>, cycle: u
     for prefix in &history.unknown {
         let a = stored.get(format!("{prefix}/a").as_bytes());
         let b = stored.get(format!("{prefix}/b").as_bytes());
-        assert_eq!(a.is_some(), b.is_some(), "seed={seed} cycle={cycle}: {prefix} half-applied");
+        assert_eq!(
+            a.is_some(),
+            b.is_some(),
+            "seed={seed} cycle={cycle}: {prefix} half-applied"
+        );
         if let (Some(a), Some(b)) = (a, b) {
-            assert_eq!(a, b, "seed={seed} cycle={cycle}: {prefix} applied at two revisions");
+            assert_eq!(
+                a, b,
+                "seed={seed} cycle={cycle}: {prefix} applied at two revisions"
+            );
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_write_load_loses_no_acknowledged_write() {
-    let cycles: usize = std::env::var("CAIRN_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let seed: u64 = std::env::var("CAIRN_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0xCA1);
+    let cycles: usize = std::env::var("CAIRN_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seed: u64 = std::env::var("CAIRN_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0xCA1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     // Snapshots every few hundred entries, so crashes also land around snapshot + WAL purge.
@@ -120,12 +152,24 @@ async fn sigkill_under_write_load_loses_no_acknowledged_write() {
         let stored = read_all(&cairn).await;
         let history = history.lock().unwrap();
         check(&history, &stored, cycle, seed);
-        let newest = history.acknowledged.values().map(|(revision, _)| *revision).max().unwrap_or(1);
-        assert!(newest >= last_revision, "seed={seed}: acknowledged revisions went backwards");
+        let newest = history
+            .acknowledged
+            .values()
+            .map(|(revision, _)| *revision)
+            .max()
+            .unwrap_or(1);
+        assert!(
+            newest >= last_revision,
+            "seed={seed}: acknowledged revisions went backwards"
+        );
         last_revision = newest;
     }
     let history = history.lock().unwrap();
-    assert!(history.acknowledged.len() > cycles * 10, "too little load to prove anything: {}", history.acknowledged.len());
+    assert!(
+        history.acknowledged.len() > cycles * 10,
+        "too little load to prove anything: {}",
+        history.acknowledged.len()
+    );
     eprintln!(
         "crash safety: {cycles} kills, {} acknowledged writes, {} in flight at a kill, seed={seed}",
         history.acknowledged.len(),

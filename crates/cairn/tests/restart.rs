@@ -14,16 +14,29 @@ use common::{wait_until, Cairn};
 
 async fn dump(cairn: &Cairn) -> (RangeResponse, RangeResponse) {
     let mut kv = cairn.kv().await;
-    let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+    let all = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
     let now = kv.range(all.clone()).await.unwrap().into_inner();
-    let old = kv.range(RangeRequest { revision: 8, ..all }).await.unwrap().into_inner();
+    let old = kv
+        .range(RangeRequest { revision: 8, ..all })
+        .await
+        .unwrap()
+        .into_inner();
     (now, old)
 }
 
 async fn ttl(cairn: &Cairn, id: i64) -> i64 {
     let mut leases = LeaseClient::new(common::channel(&cairn.endpoint()).await);
     let request = LeaseTimeToLiveRequest { id, keys: false };
-    leases.lease_time_to_live(request).await.unwrap().into_inner().ttl
+    leases
+        .lease_time_to_live(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .ttl
 }
 
 #[tokio::test]
@@ -34,18 +47,50 @@ async fn restart_reproduces_keys_revisions_compaction_and_leases() {
     let mut leases = LeaseClient::new(common::channel(&cairn.endpoint()).await);
 
     // Phase 1: history with overwrites, deletes, a compaction, and two leases.
-    let long = leases.lease_grant(LeaseGrantRequest { ttl: 120, id: 0 }).await.unwrap().into_inner().id;
-    let short = leases.lease_grant(LeaseGrantRequest { ttl: 8, id: 7 }).await.unwrap().into_inner().id;
+    let long = leases
+        .lease_grant(LeaseGrantRequest { ttl: 120, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let short = leases
+        .lease_grant(LeaseGrantRequest { ttl: 8, id: 7 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
     for n in 0..20 {
         let key = format!("k/{}", n % 7).into_bytes();
         let lease = if n == 19 { long } else { 0 };
-        kv.put(PutRequest { key, value: vec![n as u8; 100], lease, ..Default::default() }).await.unwrap();
-    }
-    kv.put(PutRequest { key: b"short".to_vec(), value: b"v".to_vec(), lease: short, ..Default::default() })
+        kv.put(PutRequest {
+            key,
+            value: vec![n as u8; 100],
+            lease,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    kv.delete_range(DeleteRangeRequest { key: b"k/3".to_vec(), ..Default::default() }).await.unwrap();
-    kv.compact(CompactionRequest { revision: 6, physical: true }).await.unwrap();
+    }
+    kv.put(PutRequest {
+        key: b"short".to_vec(),
+        value: b"v".to_vec(),
+        lease: short,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    kv.delete_range(DeleteRangeRequest {
+        key: b"k/3".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    kv.compact(CompactionRequest {
+        revision: 6,
+        physical: true,
+    })
+    .await
+    .unwrap();
     let before = dump(&cairn).await;
     let long_ttl = ttl(&cairn, long).await;
 
@@ -54,10 +99,22 @@ async fn restart_reproduces_keys_revisions_compaction_and_leases() {
     cairn.restart().await;
     assert_eq!(dump(&cairn).await, before, "state after a graceful restart");
     let after = ttl(&cairn, long).await;
-    assert!((long_ttl - 3..=long_ttl).contains(&after), "remaining TTL {after} vs {long_ttl} before");
+    assert!(
+        (long_ttl - 3..=long_ttl).contains(&after),
+        "remaining TTL {after} vs {long_ttl} before"
+    );
     let mut kv = cairn.kv().await;
-    let compacted = kv.range(RangeRequest { key: b"k/0".to_vec(), revision: 5, ..Default::default() }).await;
-    assert_eq!(compacted.unwrap_err().message(), "etcdserver: mvcc: required revision has been compacted");
+    let compacted = kv
+        .range(RangeRequest {
+            key: b"k/0".to_vec(),
+            revision: 5,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        compacted.unwrap_err().message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
 
     // Phase 3: SIGKILL and restart: still identical.
     cairn.kill9();
@@ -67,11 +124,22 @@ async fn restart_reproduces_keys_revisions_compaction_and_leases() {
 
     // Phase 4: the short lease (8 s) kept counting through both restarts: it expires on
     // schedule, deleting its key, and the long one is untouched.
-    wait_until("the short lease to expire", Duration::from_secs(20), || async {
-        ttl(&cairn, short).await == -1
-    })
+    wait_until(
+        "the short lease to expire",
+        Duration::from_secs(20),
+        || async { ttl(&cairn, short).await == -1 },
+    )
     .await;
-    let short_key = RangeRequest { key: b"short".to_vec(), ..Default::default() };
-    assert!(kv.range(short_key).await.unwrap().into_inner().kvs.is_empty());
+    let short_key = RangeRequest {
+        key: b"short".to_vec(),
+        ..Default::default()
+    };
+    assert!(kv
+        .range(short_key)
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .is_empty());
     assert!(ttl(&cairn, long).await > 100);
 }

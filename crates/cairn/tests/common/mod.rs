@@ -22,13 +22,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    listener.local_addr().expect("bound socket has an address").port()
+    listener
+        .local_addr()
+        .expect("bound socket has an address")
+        .port()
 }
 
 /// Path of a required external tool, or `None` (after a message) when it may be skipped.
 pub fn require_tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|path| path.is_file())
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
     });
     if found.is_none() {
         assert!(
@@ -79,7 +84,12 @@ impl Cairn {
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
             .args(["--log-level", "warn"])
             .args(&self.extra_args)
             .stdout(Stdio::null())
@@ -111,7 +121,9 @@ impl Cairn {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
         signal(&child, "TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -135,7 +147,9 @@ impl Cairn {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None).await.expect("etcd-client connects")
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .expect("etcd-client connects")
     }
 
     pub async fn kv(&self) -> KvClient<Channel> {
@@ -168,8 +182,18 @@ impl Etcd {
         let mut child = Command::new(binary)
             .args(["--name", "oracle", "--data-dir"])
             .arg(dir.path().join("etcd"))
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("oracle={peer_url}")])
             .args(["--log-level", "error"])
             .stdout(Stdio::null())
@@ -177,7 +201,11 @@ impl Etcd {
             .spawn()
             .expect("spawning etcd");
         wait_ready(&client_url, &mut child).await;
-        Some(Etcd { child, port, _dir: dir })
+        Some(Etcd {
+            child,
+            port,
+            _dir: dir,
+        })
     }
 
     pub fn endpoint(&self) -> String {
@@ -210,19 +238,36 @@ async fn wait_ready(endpoint: &str, child: &mut Child) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{endpoint}: process exited before it was ready: {status}");
         }
-        if let Ok(channel) = Channel::from_shared(endpoint.to_string()).expect("url").connect().await {
-            if MaintenanceClient::new(channel).status(StatusRequest {}).await.is_ok() {
+        if let Ok(channel) = Channel::from_shared(endpoint.to_string())
+            .expect("url")
+            .connect()
+            .await
+        {
+            if MaintenanceClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .is_ok()
+            {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "{endpoint}: not ready after {READY_TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{endpoint}: not ready after {READY_TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
-    assert!(status.is_ok_and(|status| status.success()), "kill -{name} failed");
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status();
+    assert!(
+        status.is_ok_and(|status| status.success()),
+        "kill -{name} failed"
+    );
 }
 
 /// Runs `etcdctl` (API v3) against `endpoint` with `args`, feeding `stdin`.
@@ -239,7 +284,9 @@ pub fn etcdctl(etcdctl: &Path, endpoint: &str, args: &[&str], stdin: Option<&str
         .expect("spawning etcdctl");
     let mut input = child.stdin.take().expect("piped stdin");
     if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).expect("writing etcdctl stdin");
+        input
+            .write_all(text.as_bytes())
+            .expect("writing etcdctl stdin");
     }
     drop(input);
     child.wait_with_output().expect("etcdctl runs")
@@ -264,7 +311,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !condition().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
