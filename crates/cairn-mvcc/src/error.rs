@@ -44,6 +44,9 @@ pub enum MvccError {
     /// An encoded request above `--max-request-bytes`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// A Range whose sort order or sort target is not one of the enum's values (etcd 3.5).
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     /// A log entry with no request in it (a bug or corruption upstream; nothing is applied).
     #[error("etcdserver: empty request")]
     EmptyRequest,

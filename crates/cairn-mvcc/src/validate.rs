@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use cairn_proto::etcdserverpb::request_op::Request;
 use cairn_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -13,7 +14,13 @@ use crate::index::KeyRange;
 use crate::limits::LEASE_TTL_S_MAX;
 
 pub fn check_range(request: &RangeRequest) -> Result<(), MvccError> {
-    non_empty_key(&request.key)
+    non_empty_key(&request.key)?;
+    let order_known = SortOrder::try_from(request.sort_order).is_ok();
+    let target_known = SortTarget::try_from(request.sort_target).is_ok();
+    if !order_known || !target_known {
+        return Err(MvccError::InvalidSortOption);
+    }
+    Ok(())
 }
 
 pub fn check_put(request: &PutRequest) -> Result<(), MvccError> {

@@ -157,8 +157,10 @@ mod tests {
             ..ServerConfig::default()
         };
         assert!(two.validate().is_err());
-        let stranger = ServerConfig { name: "other".into(), ..ServerConfig::default() };
+        let stranger = ServerConfig {
+            name: "other".into(),
+            ..ServerConfig::default()
+        };
         assert!(stranger.validate().is_err());
     }
-
 }

@@ -62,6 +62,7 @@ fn mvcc_code(error: &MvccError) -> Code {
         | MvccError::TooManyOps
         | MvccError::DuplicateKey
         | MvccError::RequestTooLarge
+        | MvccError::InvalidSortOption
         | MvccError::EmptyRequest => Code::InvalidArgument,
         MvccError::Compacted | MvccError::FutureRevision | MvccError::LeaseTtlTooLarge => {
             Code::OutOfRange

@@ -40,6 +40,7 @@ use tracing::{error, info, warn};
 use crate::config::ServerConfig;
 use crate::error::{ServerError, StartError};
 use crate::identity::Identity;
+use crate::limits::SNAPSHOT_WAL_BYTES_MAX;
 
 /// Raft term reported in headers. A single member never changes leader, so it stays 1 until
 /// replication arrives.
@@ -162,6 +163,7 @@ impl Node {
             runtime: tokio::runtime::Handle::current(),
             snapshot_count: config.snapshot_count,
             applied_since_snapshot: replayed,
+            bytes_since_snapshot: 0,
             snapshot_running: Arc::new(AtomicBool::new(false)),
             snapshots_taken: snapshots_taken.clone(),
             failed: false,
@@ -211,16 +213,6 @@ impl Node {
         self.inner.stopping.subscribe()
     }
 
-    /// Snapshots written since start (tests and metrics).
-    pub fn snapshots_taken(&self) -> u64 {
-        self.inner.snapshots_taken.load(Ordering::Relaxed)
-    }
-
-    /// WAL counters (metrics).
-    pub fn wal_stats(&self) -> cairn_storage::wal::WalStats {
-        self.inner.wal.stats()
-    }
-
     /// A response header for `revision` with this member's ids.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
@@ -256,6 +248,7 @@ impl Node {
             let index = tail.next_index;
             tail.next_index += 1;
             let applier = self.inner.applier.clone();
+            let bytes = data.len() as u64;
             let entry = Entry {
                 index,
                 term: RAFT_TERM,
@@ -263,7 +256,14 @@ impl Node {
             };
             // The decoded request travels with the entry, so applying never decodes it again.
             let request = std::mem::take(&mut request);
-            let flushed = move |result| lock(&applier).flushed(result, index, &request, reply);
+            let flushed = move |result| {
+                let entry = AppliedEntry {
+                    index,
+                    bytes,
+                    request: &request,
+                };
+                lock(&applier).flushed(result, entry, reply)
+            };
             self.inner.wal.append(vec![entry], Box::new(flushed));
         }
         result.await.map_err(|_| ServerError::Stopped)?
@@ -330,6 +330,14 @@ pub fn now_unix_ms() -> i64 {
     since_epoch.as_millis() as i64
 }
 
+/// One durable entry on its way into the state machine.
+struct AppliedEntry<'a> {
+    index: u64,
+    /// Encoded size in the WAL.
+    bytes: u64,
+    request: &'a InternalRequest,
+}
+
 /// Applies flushed entries in log order and owns snapshotting. Its `flushed` runs on the WAL
 /// writer thread, once per entry, in index order.
 struct Applier {
@@ -340,6 +348,8 @@ struct Applier {
     runtime: tokio::runtime::Handle,
     snapshot_count: u64,
     applied_since_snapshot: u64,
+    /// WAL payload bytes applied since the last snapshot.
+    bytes_since_snapshot: u64,
     snapshot_running: Arc<AtomicBool>,
     snapshots_taken: Arc<AtomicU64>,
     /// The WAL failed once: durability of later entries is unknown, so nothing more is applied
@@ -348,13 +358,7 @@ struct Applier {
 }
 
 impl Applier {
-    fn flushed(
-        &mut self,
-        result: Result<u64, WalError>,
-        index: u64,
-        request: &InternalRequest,
-        reply: Reply,
-    ) {
+    fn flushed(&mut self, result: Result<u64, WalError>, entry: AppliedEntry<'_>, reply: Reply) {
         if let Err(error) = result {
             if !self.failed {
                 error!(%error, "WAL write failed; refusing all further writes");
@@ -367,7 +371,7 @@ impl Applier {
         }
         let (result, revision) = {
             let mut store = self.store.write().expect("store lock poisoned");
-            let result = store.apply(index, request);
+            let result = store.apply(entry.index, entry.request);
             (result, store.current_revision())
         };
         self.revision
@@ -375,7 +379,12 @@ impl Applier {
         // A client that gave up (deadline, disconnect) no longer listens: nothing to do.
         let _ = reply.send(result.map_err(ServerError::from));
         self.applied_since_snapshot += 1;
-        if self.applied_since_snapshot >= self.snapshot_count {
+        self.bytes_since_snapshot += entry.bytes;
+        // Periodic (every `--snapshot-count` entries) and by size: a WAL full of large values
+        // must not make a restart replay gigabytes.
+        let due = self.applied_since_snapshot >= self.snapshot_count
+            || self.bytes_since_snapshot >= SNAPSHOT_WAL_BYTES_MAX;
+        if due {
             self.snapshot_in_background();
         }
     }
@@ -388,6 +397,7 @@ impl Applier {
         }
         let (index, data) = self.encode();
         self.applied_since_snapshot = 0;
+        self.bytes_since_snapshot = 0;
         let snapshots = self.snapshots.clone();
         let wal = self.wal.clone();
         let running = self.snapshot_running.clone();

@@ -108,6 +108,17 @@ async fn invalid_requests_get_etcd_errors_and_change_nothing() {
         Code::NotFound,
         "etcdserver: requested lease not found",
     );
+    // A sort order outside the enum (etcd 3.5 refuses it).
+    let bad_sort = RangeRequest {
+        key: b"witness".to_vec(),
+        sort_order: 7,
+        ..Default::default()
+    };
+    assert_status(
+        kv.range(bad_sort).await,
+        Code::InvalidArgument,
+        "etcdserver: invalid sort option",
+    );
     // Future revision.
     let future = RangeRequest {
         key: b"witness".to_vec(),

@@ -27,17 +27,6 @@ impl KvService {
     }
 }
 
-/// The apply result of a proposal whose kind is known from the request.
-macro_rules! expect_response {
-    ($result:expr, $variant:ident) => {
-        match $result {
-            cairn_mvcc::ApplyResponse::$variant(response) => response,
-            other => unreachable!("{} answered with {other:?}", stringify!($variant)),
-        }
-    };
-}
-pub(crate) use expect_response;
-
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(
@@ -58,10 +47,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let request = request.into_inner();
         validate::check_put(&request).map_err(ServerError::from)?;
-        let result = self.node.propose(Internal::Put(request)).await?;
-        let mut response = expect_response!(result, Put);
-        self.node.fill_header(&mut response.header);
-        Ok(Response::new(response))
+        propose_reply!(self.node, Internal::Put(request), Put)
     }
 
     async fn delete_range(
@@ -70,10 +56,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let request = request.into_inner();
         validate::check_delete_range(&request).map_err(ServerError::from)?;
-        let result = self.node.propose(Internal::DeleteRange(request)).await?;
-        let mut response = expect_response!(result, DeleteRange);
-        self.node.fill_header(&mut response.header);
-        Ok(Response::new(response))
+        propose_reply!(self.node, Internal::DeleteRange(request), DeleteRange)
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -96,12 +79,10 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let result = self
-            .node
-            .propose(Internal::Compaction(request.into_inner()))
-            .await?;
-        let mut response = expect_response!(result, Compaction);
-        self.node.fill_header(&mut response.header);
-        Ok(Response::new(response))
+        propose_reply!(
+            self.node,
+            Internal::Compaction(request.into_inner()),
+            Compaction
+        )
     }
 }

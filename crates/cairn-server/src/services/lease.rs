@@ -19,7 +19,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::ServerError;
 use crate::limits::KEEPALIVE_RESPONSES_QUEUED_MAX;
 use crate::node::{now_unix_ms, until_stopping, Node};
-use crate::services::kv::expect_response;
 
 pub struct LeaseService {
     node: Node,
@@ -70,23 +69,18 @@ impl Lease for LeaseService {
         if request.id == 0 {
             request.id = random_lease_id();
         }
-        let result = self.node.propose(Internal::LeaseGrant(request)).await?;
-        let mut response = expect_response!(result, LeaseGrant);
-        self.node.fill_header(&mut response.header);
-        Ok(Response::new(response))
+        propose_reply!(self.node, Internal::LeaseGrant(request), LeaseGrant)
     }
 
     async fn lease_revoke(
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let result = self
-            .node
-            .propose(Internal::LeaseRevoke(request.into_inner()))
-            .await?;
-        let mut response = expect_response!(result, LeaseRevoke);
-        self.node.fill_header(&mut response.header);
-        Ok(Response::new(response))
+        propose_reply!(
+            self.node,
+            Internal::LeaseRevoke(request.into_inner()),
+            LeaseRevoke
+        )
     }
 
     type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;

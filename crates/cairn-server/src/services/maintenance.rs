@@ -16,7 +16,6 @@ use tonic::{Code, Request, Response, Status};
 use crate::error::ServerError;
 use crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
 use crate::node::Node;
-use crate::services::kv::expect_response;
 
 /// The etcd version Cairn speaks, as clients (Kubernetes) check it. Cairn's own version is in
 /// the logs and `cairn --version`.
@@ -42,13 +41,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        let result = self
-            .node
-            .propose(Internal::Alarm(request.into_inner()))
-            .await?;
-        let mut response = expect_response!(result, Alarm);
-        self.node.fill_header(&mut response.header);
-        Ok(Response::new(response))
+        propose_reply!(self.node, Internal::Alarm(request.into_inner()), Alarm)
     }
 
     async fn status(

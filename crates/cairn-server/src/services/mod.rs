@@ -1,5 +1,26 @@
 //! The etcd gRPC services, one module each.
 
+/// The apply result of a proposal whose kind is known from the request.
+macro_rules! expect_response {
+    ($result:expr, $variant:ident) => {
+        match $result {
+            cairn_mvcc::ApplyResponse::$variant(response) => response,
+            other => unreachable!("{} answered with {other:?}", stringify!($variant)),
+        }
+    };
+}
+
+/// Proposes `$request` through `$node` and answers the RPC with its `$variant` response, the
+/// header completed with this member's ids: the whole body of most writing RPCs.
+macro_rules! propose_reply {
+    ($node:expr, $request:expr, $variant:ident) => {{
+        let result = $node.propose($request).await?;
+        let mut response = expect_response!(result, $variant);
+        $node.fill_header(&mut response.header);
+        Ok(Response::new(response))
+    }};
+}
+
 pub mod cluster;
 pub mod kv;
 pub mod lease;
