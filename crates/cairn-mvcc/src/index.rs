@@ -50,7 +50,8 @@ impl KeyRange {
 /// Key index of the whole store.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    keys: BTreeMap<Vec<u8>, KeyIndex>,
+    /// Boxed slices rather than `Vec`s: 8 bytes less per key in every B-tree node.
+    keys: BTreeMap<Box<[u8]>, KeyIndex>,
 }
 
 impl TreeIndex {
@@ -64,7 +65,7 @@ impl TreeIndex {
             None => {
                 let mut index = KeyIndex::new();
                 index.put(revision);
-                self.keys.insert(key.to_vec(), index);
+                self.keys.insert(key.into(), index);
             }
         }
     }
@@ -84,7 +85,7 @@ impl TreeIndex {
             }
             None => {
                 let index = KeyIndex::restore(Revision::new(created, 0), revision, version);
-                self.keys.insert(key.to_vec(), index);
+                self.keys.insert(key.into(), index);
             }
         }
     }

@@ -97,7 +97,7 @@ impl KvStore {
         // Leases first: attachments below refer to them.
         let mut leases = Vec::new();
         self.engine.scan(Bucket::Lease, &[], None, &mut |_, value| {
-            leases.push(LeaseRecord::decode(value.as_ref()).expect("store: undecodable lease"));
+            leases.push(LeaseRecord::decode(value).expect("store: undecodable lease"));
             true
         });
         for record in leases {
@@ -394,8 +394,8 @@ impl WriteTxn<'_> {
 
 /// Decodes a `Key`-bucket record. The engine only holds records this module encoded (snapshot
 /// files are CRC-checked on load), so a failure is a broken invariant.
-pub(crate) fn decode_kv(bytes: &Bytes) -> KeyValue {
-    KeyValue::decode(bytes.as_ref()).unwrap_or_else(|error| panic!("store: bad record: {error}"))
+pub(crate) fn decode_kv(bytes: &[u8]) -> KeyValue {
+    KeyValue::decode(bytes).unwrap_or_else(|error| panic!("store: bad record: {error}"))
 }
 
 fn encode_alarm_key((member, alarm): Alarm) -> Vec<u8> {

@@ -68,7 +68,7 @@ pub trait Engine: Send + Sync + 'static {
         bucket: Bucket,
         start: &[u8],
         end: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &Bytes) -> bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     );
 
     /// Applies every op of `batch`, in order, atomically with respect to readers.

@@ -251,7 +251,7 @@ impl TestStore {
         let mut records = Vec::new();
         engine.scan(Bucket::Key, &[], None, &mut |key, value| {
             let (revision, tombstone) = Revision::from_bytes(key).expect("a revision key");
-            let kv = KeyValue::decode(value.as_ref()).expect("a KeyValue record");
+            let kv = KeyValue::decode(value).expect("a KeyValue record");
             records.push((revision, tombstone, kv));
             true
         });
