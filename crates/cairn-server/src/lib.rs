@@ -12,8 +12,10 @@
 //! - `lease_expiry` — the loop that revokes expired leases through the log.
 //! - `services/` — KV, Watch, Lease, Maintenance, Cluster.
 //! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
+//! - `authority` — accepts clients that send a URL as the HTTP/2 `:authority` (etcdctl 3.4).
 //! - `error`, `limits`.
 
+pub mod authority;
 pub mod config;
 pub mod error;
 pub mod identity;

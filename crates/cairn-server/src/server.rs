@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::authority::AuthorityFix;
 use crate::config::{socket_addr, ServerConfig};
 use crate::error::StartError;
 use crate::limits::GRPC_OVERHEAD_BYTES;
@@ -55,8 +56,9 @@ pub async fn run(
     let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new))
         .map(|stream| {
             // Small request/response messages: Nagle would add up to 40 ms per round trip.
-            stream.inspect(|tcp| {
+            stream.map(|tcp| {
                 let _ = tcp.set_nodelay(true);
+                AuthorityFix::new(tcp)
             })
         });
     let message_bytes_max = config.max_request_bytes + GRPC_OVERHEAD_BYTES;

@@ -161,3 +161,34 @@ async fn etcdctl_lease_compaction_snapshot_and_status() {
     let members = run(&["member", "list"]);
     assert!(members.contains(&cairn.endpoint()), "{members}");
 }
+
+/// etcdctl 3.4 puts the whole URL into the HTTP/2 `:authority`; Cairn must accept it as etcd
+/// does (see `cairn_server::authority`).
+#[tokio::test]
+async fn etcdctl_accepts_endpoints_given_as_urls() {
+    let Some(tool) = require_tool("etcdctl") else {
+        return;
+    };
+    let cairn = Cairn::start(&[]).await;
+    let url = cairn.endpoint();
+    assert!(url.starts_with("http://"));
+    assert_eq!(
+        etcdctl_ok(&tool, &url, &["put", "u", "1"], None).trim(),
+        "OK"
+    );
+    assert_eq!(
+        etcdctl_ok(&tool, &url, &["put", "u", "2"], None).trim(),
+        "OK"
+    );
+    assert_eq!(
+        etcdctl_ok(&tool, &url, &["get", "u", "--print-value-only"], None).trim(),
+        "2"
+    );
+    let txn = "value(\"u\") = \"2\"\n\nput u 3\n\n\n";
+    assert_eq!(
+        etcdctl_ok(&tool, &url, &["txn"], Some(txn)).lines().next(),
+        Some("SUCCESS")
+    );
+    let status = etcdctl_ok(&tool, &url, &["endpoint", "status", "-w", "json"], None);
+    assert!(status.contains("3.5.17"), "{status}");
+}
