@@ -50,14 +50,14 @@ pub struct KeyAt {
 /// (measured: `docs/perf/kv-single-node.md`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyIndex {
-    modified: Revision,
+    /// Oldest first. The newest revision (put or tombstone) is derived from the last non-empty
+    /// generation rather than stored: one field less in every index slot.
     generations: SmallVec<[Generation; 1]>,
 }
 
 impl KeyIndex {
     pub fn new() -> KeyIndex {
         KeyIndex {
-            modified: Revision::default(),
             generations: smallvec![Generation::default()],
         }
     }
@@ -78,14 +78,15 @@ impl KeyIndex {
             revisions: smallvec![modified],
         };
         KeyIndex {
-            modified,
             generations: smallvec![generation],
         }
     }
 
     /// Newest revision recorded for the key (put or tombstone).
     pub fn modified(&self) -> Revision {
-        self.modified
+        let mut newest_first = self.generations.iter().rev();
+        let newest = newest_first.find_map(|generation| generation.revisions.last().copied());
+        newest.unwrap_or_default()
     }
 
     /// True when nothing is left: no live generation and no history.
@@ -95,10 +96,10 @@ impl KeyIndex {
 
     /// Records a put at `revision`.
     pub fn put(&mut self, revision: Revision) {
+        let modified = self.modified();
         assert!(
-            revision > self.modified,
-            "key_index: put at {revision:?} is not after the last change {:?}",
-            self.modified
+            revision > modified,
+            "key_index: put at {revision:?} is not after the last change {modified:?}"
         );
         let generation = self
             .generations
@@ -109,7 +110,6 @@ impl KeyIndex {
         }
         generation.revisions.push(revision);
         generation.version += 1;
-        self.modified = revision;
     }
 
     /// Records a delete at `revision` and opens a new, empty generation.

@@ -9,9 +9,11 @@
 //! - `snapshot` — whole-state snapshot files written atomically (tmp + fsync + rename).
 //! - `engine` — the `Engine` trait the state machine writes through.
 //! - `memory` — the default engine: ordered in-memory maps, persisted by snapshot + WAL replay.
+//! - `bucket_map` — the map behind one bucket: a B-tree, or a sorted log for growing keys.
 //! - `schema` — every bucket and meta key with its numeric id.
 //! - `limits`, `error` — explicit bounds and the typed errors of this crate.
 
+pub mod bucket_map;
 pub mod engine;
 pub mod error;
 pub mod limits;

@@ -11,11 +11,11 @@
 //! ```
 //! The snapshot file around it carries the length and CRC (see `snapshot`).
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 
+use crate::bucket_map::BucketMap;
 use crate::engine::{Engine, EngineError, WriteBatch, WriteOp};
 use crate::schema::{Bucket, SCHEMA_VERSION};
 
@@ -25,21 +25,31 @@ const MAGIC: &[u8; 8] = b"CAIRNENG";
 /// header. An estimate, so that the quota tracks real memory rather than payload alone.
 const ENTRY_OVERHEAD_BYTES: u64 = 64;
 
-/// Values are boxed slices, not `Bytes`: 16 bytes less in every B-tree slot, and slots are only
-/// about half full when keys arrive in order (revisions always do). With a million keys that
-/// is ~30 MB of RSS; reads pay one copy of the value instead.
-type Map = BTreeMap<Box<[u8]>, Box<[u8]>>;
-
-/// In-memory engine; see the module doc.
-#[derive(Default, Debug)]
+/// In-memory engine; see the module doc. Values are boxed slices, not `Bytes`: 16 bytes less
+/// per entry (~30 MB of RSS with a million keys); reads pay one copy of the value instead.
+#[derive(Debug)]
 pub struct MemoryEngine {
-    buckets: [Map; Bucket::ALL.len()],
+    buckets: [BucketMap; Bucket::ALL.len()],
     size_bytes: u64,
+}
+
+impl Default for MemoryEngine {
+    fn default() -> MemoryEngine {
+        MemoryEngine::new()
+    }
 }
 
 impl MemoryEngine {
     pub fn new() -> MemoryEngine {
-        MemoryEngine::default()
+        let map = |bucket: Bucket| match bucket {
+            // Revisions only grow: an append-only sorted vector (see `bucket_map`).
+            Bucket::Key => BucketMap::Log(Vec::new()),
+            _ => BucketMap::Tree(BTreeMap::new()),
+        };
+        MemoryEngine {
+            buckets: Bucket::ALL.map(map),
+            size_bytes: 0,
+        }
     }
 
     /// Rebuilds an engine from `encode_snapshot` output.
@@ -80,28 +90,35 @@ impl MemoryEngine {
     }
 
     fn insert(&mut self, bucket: Bucket, key: Box<[u8]>, value: Box<[u8]>) {
-        let added = entry_bytes(&key, &value);
-        if let Some(old) = self.buckets[bucket.slot()].insert(key.clone(), value) {
-            self.size_bytes -= entry_bytes(&key, &old);
+        let added = entry_bytes(key.len(), value.len());
+        let key_len = key.len();
+        if let Some(old) = self.buckets[bucket.slot()].insert(key, value) {
+            self.size_bytes -= entry_bytes(key_len, old.len());
         }
         self.size_bytes += added;
     }
 
-    fn remove(&mut self, bucket: Bucket, key: &[u8]) {
-        if let Some((key, old)) = self.buckets[bucket.slot()].remove_entry(key) {
-            self.size_bytes -= entry_bytes(&key, &old);
+    /// Applies the deletes collected for `bucket`, in one pass over it.
+    fn remove_pending(&mut self, bucket: Bucket, pending: &mut HashSet<Box<[u8]>>) {
+        if pending.is_empty() {
+            return;
         }
+        for (key, old) in self.buckets[bucket.slot()].remove_all(pending) {
+            self.size_bytes -= entry_bytes(key.len(), old.len());
+        }
+        pending.clear();
     }
 }
 
-fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
-    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES
+fn entry_bytes(key_len: usize, value_len: usize) -> u64 {
+    (key_len + value_len) as u64 + ENTRY_OVERHEAD_BYTES
 }
 
 impl Engine for MemoryEngine {
     fn get(&self, bucket: Bucket, key: &[u8]) -> Option<Bytes> {
-        let value = self.buckets[bucket.slot()].get(key)?;
-        Some(Bytes::copy_from_slice(value))
+        self.buckets[bucket.slot()]
+            .get(key)
+            .map(Bytes::copy_from_slice)
     }
 
     fn scan(
@@ -111,30 +128,30 @@ impl Engine for MemoryEngine {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) {
-        let upper = match end {
-            Some(end) if end <= start => return,
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
-        };
-        let range = self.buckets[bucket.slot()].range::<[u8], _>((Bound::Included(start), upper));
-        for (key, value) in range {
-            if !visit(key, value) {
-                break;
-            }
-        }
+        self.buckets[bucket.slot()].visit(start, end, visit);
     }
 
     fn write(&mut self, batch: WriteBatch) {
+        // Deletes are collected per bucket and applied in one pass (a compaction deletes
+        // thousands of records); a put to a bucket first applies the deletes before it, so the
+        // ops keep their order.
+        let mut pending: [HashSet<Box<[u8]>>; Bucket::ALL.len()] = Default::default();
         for op in batch.into_ops() {
             match op {
                 WriteOp::Put { bucket, key, value } => {
+                    self.remove_pending(bucket, &mut pending[bucket.slot()]);
                     // Unique `Bytes` built from a `Vec` (how the store encodes records) turn
                     // back into that allocation without copying.
                     let value = Vec::from(value).into_boxed_slice();
                     self.insert(bucket, key.into(), value)
                 }
-                WriteOp::Delete { bucket, key } => self.remove(bucket, &key),
+                WriteOp::Delete { bucket, key } => {
+                    pending[bucket.slot()].insert(key.into());
+                }
             }
+        }
+        for bucket in Bucket::ALL {
+            self.remove_pending(bucket, &mut pending[bucket.slot()]);
         }
     }
 
@@ -154,7 +171,7 @@ impl Engine for MemoryEngine {
             let map = &self.buckets[bucket.slot()];
             out.push(bucket as u8);
             out.extend_from_slice(&(map.len() as u64).to_be_bytes());
-            for (key, value) in map {
+            for (key, value) in map.iter() {
                 out.extend_from_slice(&(key.len() as u32).to_be_bytes());
                 out.extend_from_slice(key);
                 out.extend_from_slice(&(value.len() as u32).to_be_bytes());
