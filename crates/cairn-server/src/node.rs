@@ -19,7 +19,7 @@
 //! Hot path (`propose`, `Applier::flushed`): no per-byte allocation, no lock held across an
 //! await, no task per request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -74,9 +74,7 @@ struct NodeInner {
     applier: Arc<Mutex<Applier>>,
     revision: watch::Receiver<i64>,
     stopping: watch::Sender<bool>,
-    stopped: AtomicBool,
     wal: Wal,
-    snapshots_taken: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -154,7 +152,6 @@ impl Node {
         let (revision_tx, revision_rx) = watch::channel(store.current_revision());
         let store = Arc::new(RwLock::new(store));
         let (stopping, _) = watch::channel(false);
-        let snapshots_taken = Arc::new(AtomicU64::new(0));
         let applier = Applier {
             store: store.clone(),
             revision: revision_tx,
@@ -165,7 +162,6 @@ impl Node {
             applied_since_snapshot: replayed,
             bytes_since_snapshot: 0,
             snapshot_running: Arc::new(AtomicBool::new(false)),
-            snapshots_taken: snapshots_taken.clone(),
             failed: false,
         };
         Ok(Node {
@@ -180,9 +176,7 @@ impl Node {
                 applier: Arc::new(Mutex::new(applier)),
                 revision: revision_rx,
                 stopping,
-                stopped: AtomicBool::new(false),
                 wal,
-                snapshots_taken,
             }),
         })
     }
@@ -235,10 +229,11 @@ impl Node {
             now_unix_ms: now_unix_ms(),
             request: Some(request),
         };
-        if request.encoded_len() > self.inner.config.max_request_bytes {
+        let data = request.encode_to_vec();
+        if data.len() > self.inner.config.max_request_bytes {
             return Err(MvccError::RequestTooLarge.into());
         }
-        let data = Bytes::from(request.encode_to_vec());
+        let data = Bytes::from(data);
         let (reply, result) = oneshot::channel();
         {
             let mut tail = lock(&self.inner.log_tail);
@@ -277,11 +272,14 @@ impl Node {
     /// Graceful stop: refuse new proposals, let queued ones finish (fsync + apply), close the
     /// WAL and write a final snapshot so that the next start is fast.
     pub async fn stop(&self) {
-        if self.inner.stopped.swap(true, Ordering::AcqRel) {
-            return;
+        {
+            let mut tail = lock(&self.inner.log_tail);
+            if tail.closed {
+                return;
+            }
+            tail.closed = true;
         }
         self.begin_stop();
-        lock(&self.inner.log_tail).closed = true;
         if let Err(error) = self.inner.wal.close().await {
             error!(%error, "closing the WAL failed");
         }
@@ -296,14 +294,7 @@ impl Node {
             (applier.snapshots.clone(), index, data)
         };
         // The WAL is closed by now; the next start's first snapshot purges it.
-        save_snapshot(
-            snapshots,
-            None,
-            index,
-            data,
-            self.inner.snapshots_taken.clone(),
-        )
-        .await;
+        save_snapshot(snapshots, None, index, data).await;
         info!("node stopped");
     }
 }
@@ -351,7 +342,6 @@ struct Applier {
     /// WAL payload bytes applied since the last snapshot.
     bytes_since_snapshot: u64,
     snapshot_running: Arc<AtomicBool>,
-    snapshots_taken: Arc<AtomicU64>,
     /// The WAL failed once: durability of later entries is unknown, so nothing more is applied
     /// or acknowledged (etcd panics here; we stop serving writes).
     failed: bool,
@@ -401,9 +391,8 @@ impl Applier {
         let snapshots = self.snapshots.clone();
         let wal = self.wal.clone();
         let running = self.snapshot_running.clone();
-        let taken = self.snapshots_taken.clone();
         self.runtime.spawn(async move {
-            save_snapshot(snapshots, Some(wal), index, data, taken).await;
+            save_snapshot(snapshots, Some(wal), index, data).await;
             running.store(false, Ordering::Release);
         });
     }
@@ -419,14 +408,10 @@ async fn save_snapshot(
     purge: Option<Wal>,
     index: u64,
     data: Vec<u8>,
-    taken: Arc<AtomicU64>,
 ) {
-    let bytes = data.len();
     let saved = tokio::task::spawn_blocking(move || snapshots.save(index, &data)).await;
     match saved {
         Ok(Ok(())) => {
-            taken.fetch_add(1, Ordering::Relaxed);
-            info!(index, bytes, "snapshot saved");
             if let Some(wal) = purge {
                 if let Err(error) = wal.purge_to(index).await {
                     warn!(%error, "purging the WAL after a snapshot failed");

@@ -90,8 +90,8 @@ impl MemoryEngine {
     }
 
     fn insert(&mut self, bucket: Bucket, key: Box<[u8]>, value: Box<[u8]>) {
-        let added = entry_bytes(key.len(), value.len());
         let key_len = key.len();
+        let added = entry_bytes(key_len, value.len());
         if let Some(old) = self.buckets[bucket.slot()].insert(key, value) {
             self.size_bytes -= entry_bytes(key_len, old.len());
         }
