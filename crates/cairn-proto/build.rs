@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
     "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
     "proto/cairn/cairnpb/internal.proto",
+    "proto/cairn/raftpb/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,6 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Raft entries travel from the proposer to the WAL and the wire without a copy.
+        .bytes(".raftpb.Entry")
+        .bytes(".raftpb.ForwardRequest")
         .compile_protos(PROTOS, &[PROTO_ROOT])?;
     Ok(())
 }

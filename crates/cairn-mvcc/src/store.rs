@@ -12,7 +12,8 @@ use cairn_proto::cairnpb::LeaseRecord;
 use cairn_proto::mvccpb::KeyValue;
 use cairn_storage::engine::{Engine, WriteBatch};
 use cairn_storage::schema::{
-    Bucket, META_APPLIED_INDEX, META_COMPACT_REVISION, META_CURRENT_REVISION,
+    Bucket, CONSENSUS_APPLIED_STATE, META_APPLIED_INDEX, META_COMPACT_REVISION,
+    META_CURRENT_REVISION,
 };
 use prost::Message;
 
@@ -140,6 +141,30 @@ impl KvStore {
             name.to_vec(),
             Bytes::copy_from_slice(&value.to_be_bytes()),
         );
+        self.engine.write(batch);
+    }
+
+    /// Advances the applied index past entry `index`, which changes no data (a raft leader's
+    /// blank entry, a membership change).
+    pub fn apply_noop(&mut self, index: u64) {
+        assert!(
+            index > self.applied_index,
+            "apply_noop: entry {index} is not after the applied index {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        self.put_meta(META_APPLIED_INDEX, index as i64);
+    }
+
+    /// The consensus layer's record kept with the data (see `schema::Bucket::Consensus`).
+    pub fn consensus_state(&self) -> Option<Bytes> {
+        self.engine.get(Bucket::Consensus, CONSENSUS_APPLIED_STATE)
+    }
+
+    /// Replaces the consensus layer's record; it is part of the next snapshot.
+    pub fn set_consensus_state(&mut self, state: Bytes) {
+        let mut batch = WriteBatch::new();
+        batch.put(Bucket::Consensus, CONSENSUS_APPLIED_STATE.to_vec(), state);
         self.engine.write(batch);
     }
 

@@ -305,6 +305,7 @@ mod tests {
         InternalRequest {
             now_unix_ms: 0,
             request: Some(request),
+            ..Default::default()
         }
     }
 

@@ -240,6 +240,7 @@ fn replaying_an_applied_entry_after_restart_is_a_caller_bug() {
         request: Some(cairn_proto::cairnpb::internal_request::Request::Put(
             put_req("k", "again"),
         )),
+        ..Default::default()
     };
     let _ = s.store.apply(applied, &entry);
 }

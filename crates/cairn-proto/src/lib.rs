@@ -16,6 +16,8 @@
 //!   (`proto/etcd/server/etcdserver/api/{v3election,v3lock}/…`).
 //! - [`cairnpb`]: `InternalRequest` (one replicated log entry) and `LeaseRecord`
 //!   (`proto/cairn/cairnpb/internal.proto`).
+//! - [`raftpb`]: the peer protocol — openraft's messages, the durable raft log entry and vote,
+//!   and the write/read-index requests a follower sends its leader (`proto/cairn/raftpb/raft.proto`).
 //!
 //! Generated code is exempt from clippy; nothing else lives here.
 
@@ -53,4 +55,10 @@ pub mod v3lockpb {
 #[allow(clippy::all)]
 pub mod cairnpb {
     tonic::include_proto!("cairnpb");
+}
+
+/// Cairn's peer protocol: raft messages, the durable log entry, forwarded writes and reads.
+#[allow(clippy::all)]
+pub mod raftpb {
+    tonic::include_proto!("raftpb");
 }

@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// Period of progress notifications for watchers that asked for them.
     pub watch_progress_notify_interval: Duration,
+    /// Leader heartbeat period in ms (etcd's `--heartbeat-interval`).
+    pub heartbeat_interval_ms: u64,
+    /// Follower wait before campaigning, in ms (etcd's `--election-timeout`).
+    pub election_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +60,8 @@ impl Default for ServerConfig {
             max_txn_ops: TXN_OPS_MAX_DEFAULT,
             snapshot_count: 100_000,
             watch_progress_notify_interval: Duration::from_secs(600),
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
         }
     }
 }
@@ -74,9 +80,11 @@ impl ServerConfig {
                 self.name
             )));
         }
-        if members.len() > 1 {
+        if self.heartbeat_interval_ms == 0
+            || self.election_timeout_ms < 5 * self.heartbeat_interval_ms
+        {
             return Err(StartError::Config(
-                "this build runs single-member clusters; --initial-cluster lists several members"
+                "--election-timeout must be at least 5 times --heartbeat-interval (etcd's rule)"
                     .into(),
             ));
         }
@@ -156,7 +164,12 @@ mod tests {
             initial_cluster: "default=http://127.0.0.1:2380,b=http://127.0.0.1:2390".into(),
             ..ServerConfig::default()
         };
-        assert!(two.validate().is_err());
+        two.validate().unwrap();
+        let hasty = ServerConfig {
+            election_timeout_ms: 300,
+            ..ServerConfig::default()
+        };
+        assert!(hasty.validate().is_err());
         let stranger = ServerConfig {
             name: "other".into(),
             ..ServerConfig::default()

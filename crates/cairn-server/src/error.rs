@@ -1,6 +1,7 @@
 //! Errors of the node and their gRPC form: the one table from Cairn errors to etcd's status
 //! codes and messages (etcd's `v3rpc/util.go`).
 
+use cairn_consensus::ConsensusError;
 use cairn_mvcc::MvccError;
 use tonic::{Code, Status};
 
@@ -13,9 +14,34 @@ pub enum ServerError {
     /// The node is shutting down (or its storage failed): retry on another member.
     #[error("etcdserver: server stopped")]
     Stopped,
-    /// A feature that a single-node Cairn does not offer yet.
+    /// A feature that Cairn does not offer yet.
     #[error("etcdserver: {0} is not supported by this member")]
     Unsupported(&'static str),
+    /// No leader: an election is running or this member is cut off from the quorum.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The leader changed while the request was in flight; it may have been applied.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    /// The cluster did not answer in time; the request may have been applied.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// A membership change was refused.
+    #[error("etcdserver: {0}")]
+    Membership(String),
+}
+
+impl From<ConsensusError> for ServerError {
+    fn from(error: ConsensusError) -> ServerError {
+        match error {
+            ConsensusError::Mvcc(error) => ServerError::Mvcc(error),
+            ConsensusError::NoLeader => ServerError::NoLeader,
+            ConsensusError::LeaderChanged => ServerError::LeaderChanged,
+            ConsensusError::Timeout | ConsensusError::Unreachable { .. } => ServerError::Timeout,
+            ConsensusError::Stopped => ServerError::Stopped,
+            ConsensusError::Membership(reason) => ServerError::Membership(reason),
+        }
+    }
 }
 
 /// Errors from opening or running a node (the binary reports these and exits).
@@ -26,14 +52,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("write-ahead log: {0}")]
-    Wal(#[from] cairn_storage::error::WalError),
-    #[error("snapshot: {0}")]
-    Snapshot(#[from] cairn_storage::error::SnapshotError),
-    #[error("engine snapshot: {0}")]
-    Engine(#[from] cairn_storage::engine::EngineError),
-    #[error("log entry {index} does not decode: {reason}")]
-    CorruptEntry { index: u64, reason: String },
+    #[error("replica: {0}")]
+    Replica(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot listen on {url}: {source}")]
@@ -48,6 +68,10 @@ impl From<ServerError> for Status {
             ServerError::Mvcc(mvcc) => mvcc_code(mvcc),
             ServerError::Stopped => Code::Unavailable,
             ServerError::Unsupported(_) => Code::Unimplemented,
+            ServerError::NoLeader | ServerError::LeaderChanged | ServerError::Timeout => {
+                Code::Unavailable
+            }
+            ServerError::Membership(_) => Code::FailedPrecondition,
         };
         Status::new(code, error.to_string())
     }

@@ -1,7 +1,8 @@
 //! The member's identity: member id and cluster id, chosen once and kept in the data dir.
 //!
-//! Like etcd, ids derive from the peer URLs and the cluster token (so the same command line
-//! gives the same ids), and they are written to `member/identity` on first start; later starts
+//! Like etcd, a member id derives from the member's peer URLs and the cluster token, and the
+//! cluster id from all initial members' ids and the token, so every member computes the same
+//! ids for everyone from the same `--initial-cluster`. They are written to `member/identity` on first start; later starts
 //! read them back, whatever the flags say, because clients and peers remember them.
 //!
 //! File format: text lines `member_id=<hex>`, `cluster_id=<hex>`, `name=<name>`.
@@ -55,17 +56,29 @@ impl Identity {
     }
 }
 
-fn derive(config: &ServerConfig) -> Identity {
-    let mut peers = config.initial_advertise_peer_urls.clone();
+/// The id of the member advertising `peer_urls` in the cluster named by `token`.
+pub fn member_id_for(peer_urls: &[String], token: &str) -> u64 {
+    let mut peers = peer_urls.to_vec();
     peers.sort();
-    let member_id = hash_u64(&[
-        peers.join(",").as_bytes(),
-        config.initial_cluster_token.as_bytes(),
-    ]);
-    let cluster_id = hash_u64(&[
-        &member_id.to_be_bytes(),
-        config.initial_cluster_token.as_bytes(),
-    ]);
+    hash_u64(&[peers.join(",").as_bytes(), token.as_bytes()])
+}
+
+fn derive(config: &ServerConfig) -> Identity {
+    let token = &config.initial_cluster_token;
+    let member_id = member_id_for(&config.initial_advertise_peer_urls, token);
+    let mut by_name: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (name, url) in
+        crate::config::parse_initial_cluster(&config.initial_cluster).unwrap_or_default()
+    {
+        by_name.entry(name).or_default().push(url);
+    }
+    let mut ids: Vec<u64> = by_name
+        .values()
+        .map(|urls| member_id_for(urls, token))
+        .collect();
+    ids.sort_unstable();
+    let id_bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    let cluster_id = hash_u64(&[&id_bytes, token.as_bytes()]);
     Identity {
         member_id,
         cluster_id,

@@ -1,5 +1,8 @@
 //! The lease expiry loop: the only place that reads the clock to expire leases.
 //!
+//! Only the leader expires leases. Expiry stamps are replicated state (wall-clock ms carried
+//! by the entries), so a new leader sees each lease's remaining TTL unchanged.
+//!
 //! Every tick it asks the store which leases expired by wall-clock now and proposes their
 //! revocation through the log (so the deletions get one revision each and replay identically).
 //! Revocations of one tick are proposed together and share a WAL fsync.
@@ -24,6 +27,10 @@ pub async fn run(node: Node) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = until_stopping(&mut stopping) => return,
+        }
+        // Leases expire only on the leader, through the log: followers would race it.
+        if !node.replica().is_leader() {
+            continue;
         }
         let expired = node
             .store()

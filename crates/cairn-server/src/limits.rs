@@ -1,7 +1,10 @@
 //! Explicit bounds of the server: queue sizes and batch sizes.
 
-/// WAL bytes applied after which a snapshot is taken even before `--snapshot-count` entries.
-pub const SNAPSHOT_WAL_BYTES_MAX: u64 = 256 * 1024 * 1024;
+use std::time::Duration;
+
+/// How long a client request may wait for the cluster (etcd: 5 s plus two election timeouts
+/// at the default settings).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// Watch responses buffered per Watch stream before the stream task waits for the client.
 pub const WATCH_RESPONSES_QUEUED_MAX: usize = 128;

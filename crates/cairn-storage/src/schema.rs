@@ -9,9 +9,12 @@
 //! | `Meta`  | 2 | one of the `META_*` names below | 8-byte BE integer |
 //! | `Lease` | 3 | 8-byte BE lease id | `cairnpb.LeaseRecord` |
 //! | `Alarm` | 4 | 8-byte BE member id, 4-byte BE alarm type | empty |
+//! | `Consensus` | 5 | [`CONSENSUS_APPLIED_STATE`] | `raftpb.AppliedState` (opaque here) |
+//!
+//! Version 2 added the `Consensus` bucket.
 
 /// Version of the layout described above; written into every snapshot.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A named keyspace inside an engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,11 +28,20 @@ pub enum Bucket {
     Lease = 3,
     /// Raised alarms (NOSPACE, CORRUPT) per member.
     Alarm = 4,
+    /// What the consensus layer persists with the data (last applied log id, membership), so
+    /// that a snapshot of the engine is a snapshot of the replica.
+    Consensus = 5,
 }
 
 impl Bucket {
     /// Every bucket, in id order.
-    pub const ALL: [Bucket; 4] = [Bucket::Key, Bucket::Meta, Bucket::Lease, Bucket::Alarm];
+    pub const ALL: [Bucket; 5] = [
+        Bucket::Key,
+        Bucket::Meta,
+        Bucket::Lease,
+        Bucket::Alarm,
+        Bucket::Consensus,
+    ];
 
     /// The bucket with numeric id `id`, if there is one.
     pub fn from_id(id: u8) -> Option<Bucket> {
@@ -48,6 +60,8 @@ pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Current store revision (needed when the newest revisions were compacted away).
 pub const META_CURRENT_REVISION: &[u8] = b"current_revision";
+/// The one key of the `Consensus` bucket.
+pub const CONSENSUS_APPLIED_STATE: &[u8] = b"applied_state";
 
 #[cfg(test)]
 mod tests {
@@ -60,6 +74,6 @@ mod tests {
             assert_eq!(bucket.slot(), slot);
         }
         assert_eq!(Bucket::from_id(0), None);
-        assert_eq!(Bucket::from_id(5), None);
+        assert_eq!(Bucket::from_id(6), None);
     }
 }

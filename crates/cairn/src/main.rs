@@ -91,6 +91,12 @@ struct ServeArgs {
     /// Period of watch progress notifications (etcd: --experimental-watch-progress-notify-interval).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     experimental_watch_progress_notify_interval: Duration,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `cairn_server=debug`.
     #[arg(long, default_value = "info", env = "CAIRN_LOG")]
     log_level: String,
@@ -138,6 +144,8 @@ impl ServeArgs {
             },
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            heartbeat_interval_ms: self.heartbeat_interval,
+            election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
         }

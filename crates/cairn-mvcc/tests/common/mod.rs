@@ -80,6 +80,7 @@ impl TestStore {
         let entry = InternalRequest {
             now_unix_ms: self.now_ms,
             request: Some(request),
+            ..Default::default()
         };
         let result = self.store.apply(index, &entry);
         assert_eq!(

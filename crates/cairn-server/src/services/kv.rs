@@ -1,8 +1,8 @@
 //! The KV service: Range, Put, DeleteRange, Txn, Compact.
 //!
 //! Each RPC validates at the edge (etcd's errors), then reads from the store or proposes
-//! through the node. Reads need no proposal on a single member: every acknowledged write is
-//! applied before its reply, so the store already reflects everything a client has seen.
+//! through the node. A linearizable read (the default) first waits for a read index confirmed
+//! by the leader's quorum; a serializable one reads this member's store as it is.
 
 use cairn_mvcc::txn::txn_writes;
 use cairn_mvcc::validate;
@@ -35,6 +35,9 @@ impl Kv for KvService {
     ) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
         validate::check_range(&request).map_err(ServerError::from)?;
+        if !request.serializable {
+            self.node.read_index().await?;
+        }
         let mut response = self
             .node
             .store()
@@ -66,6 +69,9 @@ impl Kv for KvService {
             let result = self.node.propose(Internal::Txn(request)).await?;
             expect_response!(result, Txn)
         } else {
+            if !txn_serializable(&request) {
+                self.node.read_index().await?;
+            }
             self.node
                 .store()
                 .txn_read_only(&request)
@@ -85,4 +91,19 @@ impl Kv for KvService {
             Compaction
         )
     }
+}
+
+/// etcd's `isTxnSerializable`: a read-only txn whose every range (nested ones included) asked
+/// for a serializable read may skip the read index.
+fn txn_serializable(request: &TxnRequest) -> bool {
+    use cairn_proto::etcdserverpb::request_op::Request as Op;
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(range)) => range.serializable,
+            Some(Op::RequestTxn(nested)) => txn_serializable(nested),
+            _ => true,
+        })
 }

@@ -48,8 +48,8 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        let status = self.node.status();
         let store = self.node.store();
-        let member_id = self.node.identity().member_id;
         let errors = store
             .alarms()
             .into_iter()
@@ -59,13 +59,13 @@ impl Maintenance for MaintenanceService {
             header: Some(self.node.header(store.current_revision())),
             version: ETCD_VERSION.into(),
             db_size: store.size_bytes() as i64,
-            leader: member_id,
-            raft_index: store.applied_index(),
-            raft_term: crate::node::RAFT_TERM,
-            raft_applied_index: store.applied_index(),
+            leader: status.leader.unwrap_or(0),
+            raft_index: status.last_log_index,
+            raft_term: status.term,
+            raft_applied_index: status.applied_index,
             errors,
             db_size_in_use: store.size_bytes() as i64,
-            is_learner: false,
+            is_learner: status.is_learner,
             db_size_quota: self.node.config().quota_backend_bytes as i64,
             ..Default::default()
         };

@@ -49,6 +49,7 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
 pub struct Cairn {
     child: Option<Child>,
     pub port: u16,
+    pub peer_port: u16,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
     _owned_dir: Option<tempfile::TempDir>,
@@ -69,6 +70,7 @@ impl Cairn {
         let mut cairn = Cairn {
             child: None,
             port: free_port(),
+            peer_port: free_port(),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             _owned_dir: None,
@@ -80,6 +82,7 @@ impl Cairn {
 
     fn spawn(&mut self) {
         let url = format!("http://127.0.0.1:{}", self.port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .arg("serve")
             .arg("--data-dir")
@@ -89,6 +92,12 @@ impl Cairn {
                 &url,
                 "--advertise-client-urls",
                 &url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("default={peer_url}"),
             ])
             .args(["--log-level", "warn"])
             .args(&self.extra_args)

@@ -1,0 +1,32 @@
+//! cairn-consensus — replication of the state machine with openraft.
+//!
+//! Owns: openraft's type configuration, the raft log store on Cairn's WAL, the state-machine
+//! adapter over `cairn-mvcc`, the peer transport (a trait with a TCP and a simulated
+//! implementation) and [`Replica`], the member the server drives: propose and get the apply
+//! result, linearizable read points, membership. Must not: know etcd's wire types beyond the
+//! replicated request it carries, or serve clients.
+//!
+//! Layout:
+//! - `types` — openraft type config, `Member`, `Proposal`.
+//! - `wire` — openraft types ↔ `raftpb` (wire and disk).
+//! - `log_store` — `RaftLogStorage` on the WAL plus the hard-state file.
+//! - `state_machine` — `RaftStateMachine` over `KvStore`; snapshots.
+//! - `wait` — proposal waiters; `read_index` — batched read points.
+//! - `network` — the `Transport` trait, openraft's network over it, `tcp` and `sim`.
+//! - `peer` — answers peer requests; `replica` — the member; `limits`, `error`.
+
+pub mod error;
+pub mod limits;
+pub mod log_store;
+pub mod network;
+pub mod peer;
+mod read_index;
+pub mod replica;
+pub mod state_machine;
+pub mod types;
+pub mod wait;
+pub mod wire;
+
+pub use error::{ConsensusError, OpenError};
+pub use replica::{MemberInfo, Replica, ReplicaConfig, ReplicaStatus};
+pub use types::{Member, MemberId};

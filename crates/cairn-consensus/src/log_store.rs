@@ -1,0 +1,331 @@
+//! The raft log store: openraft's `RaftLogStorage` on Cairn's WAL.
+//!
+//! Files (in the member's `wal/` directory and next to it):
+//! - the WAL segments: one record per raft entry; record payload = `raftpb.Entry`; the WAL
+//!   index is the raft index + 1, because openraft's first entry (the initial membership) has
+//!   index 0 and the WAL starts at 1;
+//! - `hard_state`: `raftpb.HardState` (vote, last purged log id), replaced atomically (write a
+//!   temporary file, fsync, rename, fsync the directory) before `save_vote`/`purge` return.
+//!
+//! Durability: `append` queues the entries and returns; the WAL's group-commit thread fsyncs
+//! and only then reports them flushed to openraft. The vote is durable before `save_vote`
+//! returns. Entries stay in memory from the last purge on (the snapshot policy bounds them),
+//! so replication to a lagging follower never reads the disk.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use cairn_proto::raftpb;
+use cairn_storage::wal::{self, Wal, WalOptions};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{OptionalSend, StorageIOError};
+use prost::Message;
+
+use crate::error::OpenError;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::wire;
+
+const HARD_STATE_FILE: &str = "hard_state";
+
+/// Entries not yet purged, contiguous by index. Shared with the readers openraft's
+/// replication tasks hold.
+#[derive(Default)]
+struct LogCache {
+    entries: VecDeque<Entry>,
+}
+
+impl LogCache {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|entry| entry.log_id.index)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        if let Some(last) = self.entries.back() {
+            assert_eq!(
+                last.log_id.index + 1,
+                entry.log_id.index,
+                "log store: entry {} does not follow {}",
+                entry.log_id.index,
+                last.log_id.index
+            );
+        }
+        self.entries.push_back(entry);
+    }
+
+    fn range(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
+        let Some(first) = self.first_index() else {
+            return Vec::new();
+        };
+        let start = match range.start_bound() {
+            Bound::Included(start) => *start,
+            Bound::Excluded(start) => start + 1,
+            Bound::Unbounded => first,
+        };
+        let skip = start.saturating_sub(first) as usize;
+        self.entries
+            .iter()
+            .skip(skip)
+            .take_while(|entry| range.contains(&entry.log_id.index))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads entries for openraft's replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    cache: Arc<Mutex<LogCache>>,
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        Ok(lock(&self.cache).range(range))
+    }
+}
+
+/// The raft log of one member.
+pub struct LogStore {
+    wal: Wal,
+    dir: PathBuf,
+    hard_state: raftpb::HardState,
+    reader: LogReader,
+}
+
+impl LogStore {
+    /// Opens the log in `dir` (creating it), replaying the WAL into memory.
+    pub fn open(dir: &Path) -> Result<LogStore, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let hard_state = read_hard_state(dir)?;
+        let last_purged = hard_state.last_purged.as_ref().map(|id| id.index);
+        let mut cache = LogCache::default();
+        let mut replay_error = None;
+        // WAL index = raft index + 1, so the WAL indexes of purged entries are <= purged + 1.
+        let after = last_purged.map_or(0, |index| index + 1);
+        let wal = Wal::open(&dir.join("wal"), WalOptions::default(), after, |record| {
+            if replay_error.is_some() {
+                return;
+            }
+            match wire::decode_entry(&record.data) {
+                Ok(entry) if entry.log_id.index + 1 != record.index => {
+                    replay_error = Some(format!(
+                        "WAL record {} holds raft entry {}",
+                        record.index, entry.log_id.index
+                    ));
+                }
+                Ok(entry) => {
+                    let expected = cache
+                        .entries
+                        .back()
+                        .map(|last| last.log_id.index + 1)
+                        .or(last_purged.map(|index| index + 1));
+                    if expected.is_some_and(|expected| expected != entry.log_id.index) {
+                        replay_error = Some(format!(
+                            "log gap: entry {} after {expected:?}",
+                            entry.log_id.index
+                        ));
+                        return;
+                    }
+                    cache.push(entry);
+                }
+                Err(error) => replay_error = Some(format!("WAL record {}: {error}", record.index)),
+            }
+        })?;
+        if let Some(reason) = replay_error {
+            return Err(OpenError::Corrupt {
+                what: format!("raft log in {}", dir.display()),
+                reason,
+            });
+        }
+        Ok(LogStore {
+            wal,
+            dir: dir.to_path_buf(),
+            hard_state,
+            reader: LogReader {
+                cache: Arc::new(Mutex::new(cache)),
+            },
+        })
+    }
+
+    /// A handle to the WAL, to close it and read its counters after openraft took the store.
+    pub fn wal(&self) -> Wal {
+        self.wal.clone()
+    }
+
+    async fn save_hard_state(&self) -> Result<(), io::Error> {
+        let (dir, bytes) = (self.dir.clone(), self.hard_state.encode_to_vec());
+        tokio::task::spawn_blocking(move || write_atomically(&dir, HARD_STATE_FILE, &bytes))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    fn last_purged(&self) -> Option<LogId> {
+        wire::option_log_id_from_pb(&self.hard_state.last_purged)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.reader.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged();
+        let last = lock(&self.reader.cache)
+            .entries
+            .back()
+            .map(|entry| entry.log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.hard_state.vote = Some(wire::vote_to_pb(vote));
+        self.save_hard_state()
+            .await
+            .map_err(|error| StorageIOError::write_vote(&error).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        match &self.hard_state.vote {
+            None => Ok(None),
+            Some(vote) => wire::vote_from_pb(Some(vote))
+                .map(Some)
+                .map_err(|error| StorageIOError::read_vote(&error).into()),
+        }
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut records = Vec::new();
+        {
+            let mut cache = lock(&self.reader.cache);
+            for entry in entries {
+                records.push(wal::Entry {
+                    index: entry.log_id.index + 1,
+                    term: entry.log_id.leader_id.term,
+                    data: wire::encode_entry(&entry),
+                });
+                cache.push(entry);
+            }
+        }
+        // Reported flushed only from the WAL's callback, i.e. after its fdatasync.
+        self.wal.append(
+            records,
+            Box::new(move |result| {
+                callback.log_io_completed(result.map(|_| ()).map_err(io::Error::other))
+            }),
+        );
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut cache = lock(&self.reader.cache);
+            while cache
+                .entries
+                .back()
+                .is_some_and(|last| last.log_id.index >= log_id.index)
+            {
+                cache.entries.pop_back();
+            }
+        }
+        // Raft entries >= i are WAL records >= i + 1: keep the WAL up to record i.
+        self.wal
+            .truncate_after(log_id.index)
+            .await
+            .map_err(|error| StorageIOError::write_logs(&error).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        assert!(
+            self.last_purged()
+                .is_none_or(|purged| purged.index <= log_id.index),
+            "log store: purge to {log_id} behind the last purge {:?}",
+            self.last_purged()
+        );
+        // Record the purge first: a crash after it leaves extra entries in the WAL, which the
+        // next open skips; the reverse order would leave a log that starts past its record.
+        self.hard_state.last_purged = Some(wire::log_id_to_pb(&log_id));
+        self.save_hard_state()
+            .await
+            .map_err(|error| StorageIOError::write_logs(&error))?;
+        {
+            let mut cache = lock(&self.reader.cache);
+            while cache
+                .entries
+                .front()
+                .is_some_and(|first| first.log_id.index <= log_id.index)
+            {
+                cache.entries.pop_front();
+            }
+        }
+        // Raft entries <= i are WAL records <= i + 1.
+        self.wal
+            .purge_to(log_id.index + 1)
+            .await
+            .map_err(|error| StorageIOError::write_logs(&error).into())
+    }
+}
+
+fn lock(cache: &Mutex<LogCache>) -> MutexGuard<'_, LogCache> {
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_hard_state(dir: &Path) -> Result<raftpb::HardState, OpenError> {
+    let path = dir.join(HARD_STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            raftpb::HardState::decode(bytes.as_slice()).map_err(|error| OpenError::Corrupt {
+                what: path.display().to_string(),
+                reason: error.to_string(),
+            })
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(raftpb::HardState::default()),
+        Err(source) => Err(OpenError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Replaces `dir/name` by `bytes` so that a crash leaves the old or the new file, never a mix.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,102 @@
+//! The receiving side of the peer transport: hands a peer's request to the local raft.
+
+use cairn_proto::cairnpb::InternalRequest;
+use cairn_proto::raftpb;
+use prost::Message;
+
+use crate::network::{PeerRequest, PeerResponse};
+use crate::types::{MemberId, Proposal, Raft};
+use crate::wire;
+
+/// Answers peer requests for one member; cheap to clone.
+#[derive(Clone)]
+pub struct PeerHandler {
+    raft: Raft,
+}
+
+impl PeerHandler {
+    pub fn new(raft: Raft) -> PeerHandler {
+        PeerHandler { raft }
+    }
+
+    pub async fn handle(&self, request: PeerRequest) -> Result<PeerResponse, raftpb::PeerError> {
+        match request {
+            PeerRequest::AppendEntries(request) => {
+                let request = wire::append_entries_request_from_pb(request).map_err(invalid)?;
+                let response = self.raft.append_entries(request).await.map_err(stopped)?;
+                Ok(PeerResponse::AppendEntries(
+                    wire::append_entries_response_to_pb(&response),
+                ))
+            }
+            PeerRequest::Vote(request) => {
+                let request = openraft::raft::VoteRequest {
+                    vote: wire::vote_from_pb(request.vote.as_ref()).map_err(invalid)?,
+                    last_log_id: wire::option_log_id_from_pb(&request.last_log_id),
+                };
+                let response = self.raft.vote(request).await.map_err(stopped)?;
+                Ok(PeerResponse::Vote(raftpb::VoteResponse {
+                    vote: Some(wire::vote_to_pb(&response.vote)),
+                    vote_granted: response.vote_granted,
+                    last_log_id: wire::option_log_id_to_pb(&response.last_log_id),
+                }))
+            }
+            PeerRequest::InstallSnapshot(request) => {
+                let request = wire::install_snapshot_request_from_pb(request).map_err(invalid)?;
+                let response = self
+                    .raft
+                    .install_snapshot(request)
+                    .await
+                    .map_err(|error| refused(0, error.to_string()))?;
+                Ok(PeerResponse::InstallSnapshot(
+                    raftpb::InstallSnapshotResponse {
+                        vote: Some(wire::vote_to_pb(&response.vote)),
+                    },
+                ))
+            }
+            PeerRequest::Forward(request) => self.forward(request).await,
+            PeerRequest::ReadIndex(_) => {
+                let (read_log_id, _) = self.raft.get_read_log_id().await.map_err(|error| {
+                    let leader = error.forward_to_leader().and_then(|to| to.leader_id);
+                    refused(leader.unwrap_or(0), error.to_string())
+                })?;
+                Ok(PeerResponse::ReadIndex(raftpb::ReadIndexResponse {
+                    index: read_log_id.map_or(0, |log_id| log_id.index),
+                }))
+            }
+        }
+    }
+
+    /// A follower's client write: replicated here if this member leads.
+    async fn forward(
+        &self,
+        request: raftpb::ForwardRequest,
+    ) -> Result<PeerResponse, raftpb::PeerError> {
+        // Bytes from a peer are input: every member would fail to decode a bad entry, so it
+        // never enters the log.
+        InternalRequest::decode(request.request.as_ref())
+            .map_err(|error| refused(0, format!("undecodable request: {error}")))?;
+        let written = self
+            .raft
+            .client_write(Proposal(request.request))
+            .await
+            .map_err(|error| {
+                let leader = error.forward_to_leader().and_then(|to| to.leader_id);
+                refused(leader.unwrap_or(0), error.to_string())
+            })?;
+        Ok(PeerResponse::Forward(raftpb::ForwardResponse {
+            index: written.log_id.index,
+        }))
+    }
+}
+
+pub(crate) fn refused(leader_id: MemberId, message: String) -> raftpb::PeerError {
+    raftpb::PeerError { leader_id, message }
+}
+
+fn invalid(error: crate::error::WireError) -> raftpb::PeerError {
+    refused(0, error.to_string())
+}
+
+fn stopped(error: impl std::fmt::Display) -> raftpb::PeerError {
+    refused(0, error.to_string())
+}

@@ -1,0 +1,452 @@
+//! `Replica`: one member of a Cairn cluster as the server uses it — propose a request and get
+//! its apply result, wait for a linearizable read point, read the store, change membership.
+//!
+//! ```text
+//!  propose ─ register waiter ─► leader here? ── raft.client_write ─────────┐
+//!                                   └ no ──► Forward to the leader (peer) ─┤ committed
+//!  result ◄── this member's state machine applies the entry, completes the waiter ◄┘
+//! ```
+//!
+//! Reads: `read_index` asks the leader (itself or over the peer transport) for a read point
+//! confirmed by a quorum, then waits until this member has applied it. Concurrent readers
+//! share one round (see `read_index.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cairn_mvcc::{ApplyResponse, KvStore, StoreConfig};
+use cairn_proto::cairnpb::internal_request::Request;
+use cairn_proto::cairnpb::InternalRequest;
+use cairn_proto::raftpb;
+use cairn_storage::snapshot::SnapshotStore;
+use cairn_storage::wal::{Wal, WalStats};
+use openraft::error::ClientWriteError;
+use openraft::{ChangeMembers, SnapshotPolicy};
+use prost::Message;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::error::{ConsensusError, OpenError};
+use crate::log_store::LogStore;
+use crate::network::{Network, PeerRequest, PeerResponse, Transport, TransportError};
+use crate::peer::PeerHandler;
+use crate::read_index::ReadBatcher;
+use crate::state_machine::{Replicated, StateMachine};
+use crate::types::{Member, MemberId, Proposal, Raft, RaftMetrics};
+
+/// How a replica runs.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub member_id: MemberId,
+    /// This member's directory (`<data-dir>/member`): `wal/`, `hard_state`, `snap/`.
+    pub member_dir: PathBuf,
+    pub store: StoreConfig,
+    /// Members of a new cluster (`--initial-cluster` with `--initial-cluster-state new`): the
+    /// log is initialized with them if it is empty. Empty when joining an existing cluster.
+    pub initial_members: BTreeMap<MemberId, Member>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Entries between snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// How long a proposal or a read may wait for the cluster.
+    pub request_timeout: Duration,
+}
+
+/// Where this member stands, for Status and response headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub leader: Option<MemberId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub is_learner: bool,
+}
+
+/// A member of the cluster listed by MemberList.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: MemberId,
+    pub member: Member,
+    pub is_learner: bool,
+}
+
+/// A running replica; cheap to clone.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: MemberId,
+    raft: Raft,
+    shared: Arc<Replicated>,
+    transport: Arc<dyn Transport>,
+    reads: ReadBatcher,
+    /// The log store's WAL (openraft owns the store): closed at shutdown, read for metrics.
+    wal: Wal,
+    request_timeout: Duration,
+}
+
+impl Replica {
+    /// Opens the member's durable state and starts its raft. Returns the replica and the
+    /// handler its peer listener must serve.
+    pub async fn open(
+        config: ReplicaConfig,
+        transport: Arc<dyn Transport>,
+    ) -> Result<(Replica, PeerHandler), OpenError> {
+        let log_store = LogStore::open(&config.member_dir)?;
+        let wal = log_store.wal();
+        let snapshots = SnapshotStore::open(&config.member_dir.join("snap"))?;
+        let first_proposal_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let state_machine = StateMachine::open(
+            snapshots,
+            config.store.clone(),
+            config.member_id,
+            first_proposal_id,
+        )?;
+        let shared = state_machine.shared();
+        let raft_config = openraft::Config {
+            cluster_name: "cairn".to_string(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(5_000),
+            max_payload_entries: crate::limits::APPEND_ENTRIES_MAX,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|error| OpenError::Raft(error.to_string()))?;
+        let raft = Raft::new(
+            config.member_id,
+            Arc::new(raft_config),
+            Network::new(transport.clone()),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|error| OpenError::Raft(error.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|error| OpenError::Raft(error.to_string()))?;
+        if !initialized && !config.initial_members.is_empty() {
+            info!(
+                members = config.initial_members.len(),
+                "initializing a new cluster"
+            );
+            raft.initialize(config.initial_members.clone())
+                .await
+                .map_err(|error| OpenError::Raft(error.to_string()))?;
+        }
+        let handler = PeerHandler::new(raft.clone());
+        let reads = ReadBatcher::start(raft.clone(), transport.clone(), config.member_id);
+        let replica = Replica {
+            inner: Arc::new(Inner {
+                id: config.member_id,
+                raft,
+                shared,
+                transport,
+                reads,
+                wal,
+                request_timeout: config.request_timeout,
+            }),
+        };
+        Ok((replica, handler))
+    }
+
+    pub fn member_id(&self) -> MemberId {
+        self.inner.id
+    }
+
+    /// Read access to the state. Hold it only for in-memory work.
+    pub fn store(&self) -> std::sync::RwLockReadGuard<'_, KvStore> {
+        self.inner.shared.store()
+    }
+
+    /// The newest applied revision.
+    pub fn revisions(&self) -> watch::Receiver<i64> {
+        self.inner.shared.revisions()
+    }
+
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.inner.raft.metrics()
+    }
+
+    pub fn wal_stats(&self) -> WalStats {
+        self.inner.wal.stats()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id)
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let is_learner = metrics
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|id| id == self.inner.id);
+        ReplicaStatus {
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            is_learner,
+        }
+    }
+
+    /// The members in the last applied membership, voters and learners.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let learners: BTreeSet<MemberId> = membership.learner_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, member)| MemberInfo {
+                id: *id,
+                member: member.clone(),
+                is_learner: learners.contains(id),
+            })
+            .collect()
+    }
+
+    /// Replicates `request` and returns its apply result, computed by this member's state
+    /// machine at the revision every member gives it. `max_bytes` bounds the encoded entry.
+    pub async fn propose(
+        &self,
+        request: Request,
+        now_unix_ms: i64,
+        max_bytes: usize,
+    ) -> Result<ApplyResponse, ConsensusError> {
+        let waits = &self.inner.shared.waits;
+        let (proposal_id, result) = waits.register();
+        let cancel = CancelOnDrop {
+            replica: self,
+            proposal_id,
+        };
+        let entry = InternalRequest {
+            now_unix_ms,
+            origin_member: self.inner.id,
+            proposal_id,
+            request: Some(request),
+        };
+        let bytes = Bytes::from(entry.encode_to_vec());
+        if bytes.len() > max_bytes {
+            return Err(cairn_mvcc::MvccError::RequestTooLarge.into());
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        tokio::time::timeout_at(deadline, self.submit(bytes))
+            .await
+            .map_err(|_| ConsensusError::Timeout)??;
+        let applied = tokio::time::timeout_at(deadline, result)
+            .await
+            .map_err(|_| ConsensusError::Timeout)?;
+        drop(cancel);
+        match applied {
+            Ok(result) => result.map_err(ConsensusError::from),
+            // The registry dropped the waiter: the member is stopping.
+            Err(_) => Err(ConsensusError::Stopped),
+        }
+    }
+
+    /// Gets the entry committed, here if this member leads, else through the leader.
+    async fn submit(&self, bytes: Bytes) -> Result<(), ConsensusError> {
+        let mut leader = self.leader().await?;
+        // A leader hint can be stale once or twice during an election; then give up.
+        for _ in 0..3 {
+            let hint = if leader == self.inner.id {
+                match self.inner.raft.client_write(Proposal(bytes.clone())).await {
+                    Ok(_) => return Ok(()),
+                    Err(error) => match error.into_api_error() {
+                        Some(ClientWriteError::ForwardToLeader(to)) => to.leader_id,
+                        Some(ClientWriteError::ChangeMembershipError(error)) => {
+                            return Err(ConsensusError::Membership(error.to_string()))
+                        }
+                        None => return Err(ConsensusError::Stopped),
+                    },
+                }
+            } else {
+                let request = PeerRequest::Forward(raftpb::ForwardRequest {
+                    request: bytes.clone(),
+                });
+                match self.call_leader(leader, request).await {
+                    Ok(_) => return Ok(()),
+                    Err(TransportError::Refused(refusal)) if refusal.leader_id != 0 => {
+                        Some(refusal.leader_id)
+                    }
+                    Err(TransportError::Refused(_)) => None,
+                    Err(error) => return Err(unreachable(leader, error)),
+                }
+            };
+            leader = match hint {
+                Some(hint) if hint != leader => hint,
+                _ => self.leader().await?,
+            };
+        }
+        Err(ConsensusError::LeaderChanged)
+    }
+
+    /// Waits until this member has applied everything committed before the call: a read of
+    /// the store after this is linearizable.
+    pub async fn read_index(&self) -> Result<(), ConsensusError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let index = tokio::time::timeout_at(deadline, self.inner.reads.read_index())
+            .await
+            .map_err(|_| ConsensusError::Timeout)??;
+        let mut applied = self.inner.shared.applied_index();
+        tokio::time::timeout_at(deadline, applied.wait_for(|applied| *applied >= index))
+            .await
+            .map_err(|_| ConsensusError::Timeout)?
+            .map_err(|_| ConsensusError::Stopped)?;
+        Ok(())
+    }
+
+    /// The current leader, waiting up to one request timeout for an election to end.
+    async fn leader(&self) -> Result<MemberId, ConsensusError> {
+        let mut metrics = self.inner.raft.metrics();
+        let waited = tokio::time::timeout(
+            self.inner.request_timeout,
+            metrics.wait_for(|metrics| metrics.current_leader.is_some()),
+        )
+        .await;
+        match waited {
+            Ok(Ok(metrics)) => metrics.current_leader.ok_or(ConsensusError::NoLeader),
+            Ok(Err(_)) => Err(ConsensusError::Stopped),
+            Err(_) => Err(ConsensusError::NoLeader),
+        }
+    }
+
+    async fn call_leader(
+        &self,
+        leader: MemberId,
+        request: PeerRequest,
+    ) -> Result<PeerResponse, TransportError> {
+        let member = self
+            .members()
+            .into_iter()
+            .find(|info| info.id == leader)
+            .map(|info| info.member)
+            .ok_or_else(|| {
+                TransportError::Unreachable(format!("leader {leader:x} is not a member"))
+            })?;
+        self.inner.transport.call(leader, &member, request).await
+    }
+
+    /// Adds a learner (etcd MemberAdd with `--learner`); it catches up in the background.
+    pub async fn add_learner(&self, id: MemberId, member: Member) -> Result<(), ConsensusError> {
+        let result = self.inner.raft.add_learner(id, member, false).await;
+        result.map(|_| ()).map_err(membership_error)
+    }
+
+    /// Adds a voter: as a learner first, then promoted once it has caught up.
+    pub async fn add_voter(&self, id: MemberId, member: Member) -> Result<(), ConsensusError> {
+        let result = self.inner.raft.add_learner(id, member, true).await;
+        result.map_err(membership_error)?;
+        self.promote(id).await
+    }
+
+    /// Makes learner `id` a voter (etcd MemberPromote).
+    pub async fn promote(&self, id: MemberId) -> Result<(), ConsensusError> {
+        let changes = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        let result = self.inner.raft.change_membership(changes, false).await;
+        result.map(|_| ()).map_err(membership_error)
+    }
+
+    /// Removes member `id`, voter or learner (etcd MemberRemove).
+    pub async fn remove(&self, id: MemberId) -> Result<(), ConsensusError> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let is_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|voter| voter == id);
+        let changes = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let result = self.inner.raft.change_membership(changes, false).await;
+        result.map(|_| ()).map_err(membership_error)
+    }
+
+    /// Replaces member `id`'s record (etcd MemberUpdate: new peer URLs).
+    pub async fn update(&self, id: MemberId, member: Member) -> Result<(), ConsensusError> {
+        let changes = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
+        let result = self.inner.raft.change_membership(changes, false).await;
+        result.map(|_| ()).map_err(membership_error)
+    }
+
+    /// Whether this member is stopping or stopped.
+    pub fn is_running(&self) -> bool {
+        self.inner.raft.metrics().borrow().running_state.is_ok()
+    }
+
+    /// Graceful stop: snapshot what was applied (a fast next start), stop raft, close the WAL.
+    pub async fn shutdown(&self) {
+        let raft = &self.inner.raft;
+        let applied = raft.metrics().borrow().last_applied;
+        let snapshot = raft.metrics().borrow().snapshot;
+        if applied.is_some() && applied != snapshot && raft.trigger().snapshot().await.is_ok() {
+            let waited = raft
+                .wait(Some(Duration::from_secs(10)))
+                .snapshot(applied.unwrap_or_default(), "final snapshot")
+                .await;
+            if let Err(error) = waited {
+                warn!(%error, "final snapshot did not finish");
+            }
+        }
+        self.halt().await;
+    }
+
+    /// Stops raft and closes the WAL without a final snapshot: the next start replays the log
+    /// from the last snapshot, as after a crash.
+    pub async fn halt(&self) {
+        if let Err(error) = self.inner.raft.shutdown().await {
+            warn!(%error, "raft did not stop cleanly");
+        }
+        if let Err(error) = self.inner.wal.close().await {
+            warn!(%error, "closing the WAL failed");
+        }
+    }
+}
+
+/// Cancels a proposal's waiter if the proposing future ends early (deadline, dropped client).
+struct CancelOnDrop<'a> {
+    replica: &'a Replica,
+    proposal_id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.replica.inner.shared.waits.cancel(self.proposal_id);
+    }
+}
+
+fn unreachable(leader: MemberId, error: TransportError) -> ConsensusError {
+    match error {
+        TransportError::Timeout => ConsensusError::Timeout,
+        error => ConsensusError::Unreachable {
+            leader,
+            reason: error.to_string(),
+        },
+    }
+}
+
+fn membership_error<E: std::fmt::Display>(
+    error: openraft::error::RaftError<MemberId, E>,
+) -> ConsensusError {
+    match error {
+        openraft::error::RaftError::APIError(error) => {
+            ConsensusError::Membership(error.to_string())
+        }
+        openraft::error::RaftError::Fatal(_) => ConsensusError::Stopped,
+    }
+}

@@ -1,0 +1,336 @@
+//! The replicated state machine: openraft's `RaftStateMachine` over `cairn-mvcc`.
+//!
+//! Entries are applied in log order on openraft's state-machine task, under the store's write
+//! lock, one batch at a time. After each batch the last applied log id and membership are
+//! written into the store (`Bucket::Consensus`), so a snapshot of the engine is a snapshot of
+//! the replica: restarting from it needs nothing else. Snapshot files are the engine's
+//! snapshot bytes, in `snap/`, named by raft index.
+//!
+//! Hot path (`apply`): one decode per entry, no task or channel per entry; the proposer's
+//! waiter gets its result straight from here.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use bytes::Bytes;
+use cairn_mvcc::{KvStore, StoreConfig};
+use cairn_proto::cairnpb::InternalRequest;
+use cairn_proto::raftpb;
+use cairn_storage::engine::Engine;
+use cairn_storage::limits::SNAPSHOT_BYTES_MAX;
+use cairn_storage::memory::MemoryEngine;
+use cairn_storage::snapshot::SnapshotStore;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, StorageIOError};
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::error::OpenError;
+use crate::types::{
+    Entry, LogId, MemberId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::wait::WaitRegistry;
+use crate::wire;
+
+/// The state every part of the member reads: the store, what has been applied, the waiters.
+pub struct Replicated {
+    /// `std::sync::RwLock`: held only for in-memory work, never across an await; readers
+    /// (Range, Watch) must not pay for an async lock.
+    store: RwLock<KvStore>,
+    revision: watch::Sender<i64>,
+    /// Raft index of the last applied entry: forwarded writes and read-index waits watch it.
+    applied_index: watch::Sender<u64>,
+    pub waits: WaitRegistry,
+    member_id: MemberId,
+}
+
+impl Replicated {
+    pub fn store(&self) -> std::sync::RwLockReadGuard<'_, KvStore> {
+        self.store.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn revisions(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    pub fn applied_index(&self) -> watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
+    fn store_mut(&self) -> std::sync::RwLockWriteGuard<'_, KvStore> {
+        self.store.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, store: &KvStore, applied_index: u64) {
+        let revision = store.current_revision();
+        self.revision
+            .send_if_modified(|current| std::mem::replace(current, revision) != revision);
+        self.applied_index
+            .send_if_modified(|current| std::mem::replace(current, applied_index) != applied_index);
+    }
+}
+
+/// How far the state machine has applied, as openraft sees it.
+#[derive(Clone, Debug, Default)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl AppliedState {
+    fn encode(&self) -> Bytes {
+        let (membership_log_id, membership) = wire::stored_membership_to_pb(&self.membership);
+        let state = raftpb::AppliedState {
+            last_applied: wire::option_log_id_to_pb(&self.last_applied),
+            membership_log_id,
+            membership: Some(membership),
+        };
+        Bytes::from(state.encode_to_vec())
+    }
+
+    fn decode(bytes: &[u8]) -> Result<AppliedState, String> {
+        let state = raftpb::AppliedState::decode(bytes).map_err(|error| error.to_string())?;
+        let membership =
+            wire::stored_membership_from_pb(&state.membership_log_id, state.membership.as_ref())
+                .map_err(|error| error.to_string())?;
+        Ok(AppliedState {
+            last_applied: wire::option_log_id_from_pb(&state.last_applied),
+            membership,
+        })
+    }
+
+    fn of_store(store: &KvStore) -> Result<AppliedState, String> {
+        store
+            .consensus_state()
+            .map_or(Ok(AppliedState::default()), |bytes| {
+                AppliedState::decode(&bytes)
+            })
+    }
+
+    fn snapshot_meta(&self) -> SnapshotMeta {
+        let last_log_id = self.last_applied;
+        let snapshot_id = last_log_id.map_or("empty".to_string(), |id| {
+            format!("{}-{}", id.leader_id.term, id.index)
+        });
+        SnapshotMeta {
+            last_log_id,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        }
+    }
+}
+
+/// openraft's state machine handle.
+pub struct StateMachine {
+    shared: Arc<Replicated>,
+    snapshots: Arc<SnapshotStore>,
+    applied: AppliedState,
+    store_config: StoreConfig,
+    /// Meta of the newest snapshot file, to answer `get_current_snapshot` without decoding it.
+    latest: Arc<Mutex<Option<SnapshotMeta>>>,
+}
+
+impl StateMachine {
+    /// Opens the state from the newest snapshot in `snapshots` (or empty).
+    pub fn open(
+        snapshots: SnapshotStore,
+        store_config: StoreConfig,
+        member_id: MemberId,
+        first_proposal_id: u64,
+    ) -> Result<StateMachine, OpenError> {
+        let engine: Box<dyn Engine> = match snapshots.load_latest()? {
+            Some((_, data)) => Box::new(MemoryEngine::decode_snapshot(&data)?),
+            None => Box::new(MemoryEngine::new()),
+        };
+        let store = KvStore::open(engine, store_config.clone());
+        let applied = AppliedState::of_store(&store).map_err(|reason| OpenError::Corrupt {
+            what: "snapshot consensus state".to_string(),
+            reason,
+        })?;
+        let latest = applied.last_applied.map(|_| applied.snapshot_meta());
+        let (revision, _) = watch::channel(store.current_revision());
+        let (applied_index, _) =
+            watch::channel(applied.last_applied.map_or(0, |log_id| log_id.index));
+        Ok(StateMachine {
+            shared: Arc::new(Replicated {
+                store: RwLock::new(store),
+                revision,
+                applied_index,
+                waits: WaitRegistry::new(first_proposal_id),
+                member_id,
+            }),
+            snapshots: Arc::new(snapshots),
+            applied,
+            store_config,
+            latest: Arc::new(Mutex::new(latest)),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Replicated> {
+        self.shared.clone()
+    }
+
+    fn apply_entry(&mut self, store: &mut KvStore, entry: Entry) {
+        let index = entry.log_id.index;
+        match entry.payload {
+            EntryPayload::Normal(proposal) => {
+                // A proposal that does not decode is refused the same way on every member
+                // (leaders check forwarded bytes, so this means a bug, not an attack).
+                match InternalRequest::decode(proposal.0.as_ref()) {
+                    Ok(request) => {
+                        let result = store.apply(index, &request);
+                        if request.origin_member == self.shared.member_id {
+                            self.shared.waits.complete(request.proposal_id, result);
+                        }
+                    }
+                    Err(_) => store.apply_noop(index),
+                }
+            }
+            EntryPayload::Blank => store.apply_noop(index),
+            EntryPayload::Membership(membership) => {
+                self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                // The initial membership is raft entry 0, which the store (indexes >= 1)
+                // does not count.
+                if index > 0 {
+                    store.apply_noop(index);
+                }
+            }
+        }
+        self.applied.last_applied = Some(entry.log_id);
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let shared = self.shared.clone();
+        let mut store = shared.store_mut();
+        let mut applied = 0;
+        for entry in entries {
+            self.apply_entry(&mut store, entry);
+            applied += 1;
+        }
+        store.set_consensus_state(self.applied.encode());
+        let index = self.applied.last_applied.map_or(0, |log_id| log_id.index);
+        shared.publish(&store, index);
+        Ok(vec![(); applied])
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            snapshots: self.snapshots.clone(),
+            latest: self.latest.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let refuse = |reason: String| -> StorageError {
+            StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(reason))
+                .into()
+        };
+        if data.len() as u64 > SNAPSHOT_BYTES_MAX {
+            return Err(refuse(format!(
+                "{} bytes is above the snapshot limit",
+                data.len()
+            )));
+        }
+        let engine =
+            MemoryEngine::decode_snapshot(&data).map_err(|error| refuse(error.to_string()))?;
+        let store = KvStore::open(Box::new(engine), self.store_config.clone());
+        let applied = AppliedState::of_store(&store).map_err(refuse)?;
+        if applied.last_applied != meta.last_log_id {
+            return Err(refuse(format!(
+                "snapshot data is at {:?}, its meta says {:?}",
+                applied.last_applied, meta.last_log_id
+            )));
+        }
+        let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        let snapshots = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || snapshots.save(index, &data))
+            .await
+            .map_err(|error| refuse(error.to_string()))?
+            .map_err(|error| refuse(error.to_string()))?;
+        {
+            let mut current = self.shared.store_mut();
+            *current = store;
+            self.shared.publish(&current, index);
+        }
+        self.applied = applied;
+        *lock(&self.latest) = Some(meta.clone());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(meta) = lock(&self.latest).clone() else {
+            return Ok(None);
+        };
+        let snapshots = self.snapshots.clone();
+        let loaded = tokio::task::spawn_blocking(move || snapshots.load_latest())
+            .await
+            .map_err(|error| StorageIOError::read_snapshot(None, &error))?
+            .map_err(|error| StorageIOError::read_snapshot(None, &error))?;
+        let expected = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        match loaded {
+            Some((index, data)) if index == expected => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Builds a snapshot of the applied state and saves it as the newest snapshot file.
+pub struct SnapshotBuilder {
+    shared: Arc<Replicated>,
+    snapshots: Arc<SnapshotStore>,
+    latest: Arc<Mutex<Option<SnapshotMeta>>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        // Encoded under the read lock: applies wait, reads go on; the state cannot move.
+        let (data, applied) = {
+            let store = self.shared.store();
+            (store.encode_snapshot(), AppliedState::of_store(&store))
+        };
+        let applied = applied.map_err(|reason| {
+            StorageIOError::write_snapshot(None, &std::io::Error::other(reason))
+        })?;
+        let meta = applied.snapshot_meta();
+        let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        let snapshots = self.snapshots.clone();
+        let data = tokio::task::spawn_blocking(move || snapshots.save(index, &data).map(|()| data))
+            .await
+            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?
+            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        *lock(&self.latest) = Some(meta.clone());
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

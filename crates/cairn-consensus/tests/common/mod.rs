@@ -1,0 +1,148 @@
+//! A whole cluster in one process over the simulated network (`network::sim`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_consensus::network::sim::{Faults, SimNetwork};
+use cairn_consensus::{Member, MemberId, Replica, ReplicaConfig};
+use cairn_mvcc::StoreConfig;
+
+pub struct SimCluster {
+    pub network: SimNetwork,
+    pub replicas: BTreeMap<MemberId, Option<Replica>>,
+    configs: BTreeMap<MemberId, ReplicaConfig>,
+    _dir: tempfile::TempDir,
+}
+
+/// Where member data goes: tmpfs when there is one, so fsyncs cost nothing and the virtual
+/// clock (which jumps while the runtime waits on real I/O) barely moves during them.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(&shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn member(id: MemberId) -> Member {
+    Member {
+        name: format!("m{id}"),
+        peer_urls: vec![format!("http://sim-{id}:2380")],
+        client_urls: vec![format!("http://sim-{id}:2379")],
+    }
+}
+
+impl SimCluster {
+    /// Starts `size` members (ids 1..=size) as a new cluster.
+    pub async fn start(size: u64, seed: u64, faults: Faults) -> SimCluster {
+        let dir = scratch_dir();
+        let network = SimNetwork::new(seed, faults);
+        let members: BTreeMap<MemberId, Member> = (1..=size).map(|id| (id, member(id))).collect();
+        let mut cluster = SimCluster {
+            network,
+            replicas: BTreeMap::new(),
+            configs: BTreeMap::new(),
+            _dir: dir,
+        };
+        for id in 1..=size {
+            let config = ReplicaConfig {
+                member_id: id,
+                member_dir: cluster._dir.path().join(format!("m{id}")),
+                store: StoreConfig {
+                    member_id: id,
+                    ..StoreConfig::default()
+                },
+                initial_members: members.clone(),
+                heartbeat_ms: 50,
+                election_timeout_ms: 300,
+                snapshot_count: 200,
+                request_timeout: Duration::from_secs(3),
+            };
+            cluster.configs.insert(id, config);
+            cluster.restart(id).await;
+        }
+        cluster
+    }
+
+    pub async fn restart(&mut self, id: MemberId) {
+        let config = self.configs[&id].clone();
+        let transport = self.network.endpoint(id);
+        let (replica, handler) = Replica::open(config, transport)
+            .await
+            .unwrap_or_else(|error| panic!("member {id} failed to open: {error}"));
+        self.network.attach(id, handler);
+        self.replicas.insert(id, Some(replica));
+    }
+
+    /// Takes member `id` down as a crash would: no final snapshot.
+    pub async fn crash(&mut self, id: MemberId) {
+        self.network.detach(id);
+        if let Some(replica) = self.replicas.get_mut(&id).and_then(Option::take) {
+            replica.halt().await;
+        }
+    }
+
+    pub fn up(&self) -> Vec<(MemberId, Replica)> {
+        self.replicas
+            .iter()
+            .filter_map(|(id, replica)| replica.clone().map(|replica| (*id, replica)))
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<MemberId> {
+        self.replicas.keys().copied().collect()
+    }
+
+    pub fn replica(&self, id: MemberId) -> Option<Replica> {
+        self.replicas.get(&id).cloned().flatten()
+    }
+
+    /// Waits until every running member has applied the same index and has a leader.
+    pub async fn wait_converged(&self, budget: Duration) -> Result<u64, String> {
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            let statuses: Vec<_> = self.up().iter().map(|(_, r)| r.status()).collect();
+            let leader = statuses[0].leader;
+            let applied = statuses[0].applied_index;
+            let agreed = leader.is_some()
+                && statuses
+                    .iter()
+                    .all(|s| s.leader == leader && s.applied_index == applied)
+                && statuses.iter().all(|s| s.last_log_index == applied);
+            if agreed {
+                return Ok(applied);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("members did not converge: {statuses:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        for (_, replica) in self.up() {
+            replica.halt().await;
+        }
+    }
+}
+
+/// Seeds from `CAIRN_SIM_SEED` (one seed, to replay) or `count` seeds from `first`.
+pub fn seeds(first: u64, count: u64) -> Vec<u64> {
+    match std::env::var("CAIRN_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("CAIRN_SIM_SEED is a u64")],
+        Err(_) => {
+            let count = std::env::var("CAIRN_SIM_SEEDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(count);
+            (first..first + count).collect()
+        }
+    }
+}
+
+pub fn no_faults() -> Faults {
+    Faults::default()
+}
