@@ -28,5 +28,5 @@ pub mod wait;
 pub mod wire;
 
 pub use error::{ConsensusError, OpenError};
-pub use replica::{MemberInfo, Replica, ReplicaConfig, ReplicaStatus};
+pub use replica::{MemberInfo, MembershipChange, Replica, ReplicaConfig, ReplicaStatus};
 pub use types::{Member, MemberId};

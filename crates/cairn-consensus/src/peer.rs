@@ -4,6 +4,9 @@ use cairn_proto::cairnpb::InternalRequest;
 use cairn_proto::raftpb;
 use prost::Message;
 
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+
 use crate::network::{PeerRequest, PeerResponse};
 use crate::types::{MemberId, Proposal, Raft};
 use crate::wire;
@@ -54,6 +57,20 @@ impl PeerHandler {
                 ))
             }
             PeerRequest::Forward(request) => self.forward(request).await,
+            PeerRequest::ChangeMembership(change) => {
+                change_membership(&self.raft, change)
+                    .await
+                    .map_err(|error| {
+                        let leader = match &error {
+                            MembershipError::NotLeader(leader) => *leader,
+                            _ => None,
+                        };
+                        refused(leader.unwrap_or(0), error.to_string())
+                    })?;
+                Ok(PeerResponse::ChangeMembership(
+                    raftpb::MembershipChangeResponse {},
+                ))
+            }
             PeerRequest::ReadIndex(_) => {
                 let (read_log_id, _) = self.raft.get_read_log_id().await.map_err(|error| {
                     let leader = error.forward_to_leader().and_then(|to| to.leader_id);
@@ -87,6 +104,90 @@ impl PeerHandler {
             index: written.log_id.index,
         }))
     }
+}
+
+/// Why a membership change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// Only the leader changes the membership; the known leader, if any.
+    #[error("not leader")]
+    NotLeader(Option<MemberId>),
+    /// Refused by raft (e.g. promoting a member that is not a learner).
+    #[error("{0}")]
+    Refused(String),
+    #[error("member stopped")]
+    Stopped,
+}
+
+/// Runs `change` on this member's raft, which must lead.
+pub(crate) async fn change_membership(
+    raft: &Raft,
+    change: raftpb::MembershipChange,
+) -> Result<(), MembershipError> {
+    use raftpb::membership_change::Change;
+    use std::collections::{BTreeMap, BTreeSet};
+    let member_of = |member: raftpb::Member| {
+        let id = member.id;
+        (
+            id,
+            crate::types::Member {
+                name: member.name,
+                peer_urls: member.peer_urls,
+                client_urls: member.client_urls,
+            },
+        )
+    };
+    let result = match change.change {
+        None => return Err(MembershipError::Refused("empty membership change".into())),
+        Some(Change::AddLearner(member)) => {
+            let (id, member) = member_of(member);
+            raft.add_learner(id, member, false).await.map(|_| ())
+        }
+        Some(Change::AddVoter(member)) => {
+            let (id, member) = member_of(member);
+            match raft.add_learner(id, member, false).await {
+                Ok(_) => raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map(|_| ()),
+                Err(error) => Err(error),
+            }
+        }
+        Some(Change::Promote(id)) => raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ()),
+        Some(Change::Remove(id)) => {
+            let metrics = raft.metrics().borrow().clone();
+            let is_voter = metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|voter| voter == id);
+            let changes = if is_voter {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            raft.change_membership(changes, false).await.map(|_| ())
+        }
+        Some(Change::Update(member)) => {
+            let (id, member) = member_of(member);
+            raft.change_membership(
+                ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
+                false,
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    result.map_err(|error| match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => {
+            MembershipError::NotLeader(to.leader_id)
+        }
+        RaftError::APIError(error) => MembershipError::Refused(error.to_string()),
+        RaftError::Fatal(_) => MembershipError::Stopped,
+    })
 }
 
 pub(crate) fn refused(leader_id: MemberId, message: String) -> raftpb::PeerError {

@@ -24,7 +24,7 @@ use cairn_proto::raftpb;
 use cairn_storage::snapshot::SnapshotStore;
 use cairn_storage::wal::{Wal, WalStats};
 use openraft::error::ClientWriteError;
-use openraft::{ChangeMembers, SnapshotPolicy};
+use openraft::SnapshotPolicy;
 use prost::Message;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use crate::error::{ConsensusError, OpenError};
 use crate::log_store::LogStore;
 use crate::network::{Network, PeerRequest, PeerResponse, Transport, TransportError};
-use crate::peer::PeerHandler;
+use crate::peer::{change_membership, MembershipError, PeerHandler};
 use crate::read_index::ReadBatcher;
 use crate::state_machine::{Replicated, StateMachine};
 use crate::types::{Member, MemberId, Proposal, Raft, RaftMetrics};
@@ -63,6 +63,39 @@ pub struct ReplicaStatus {
     pub last_log_index: u64,
     pub applied_index: u64,
     pub is_learner: bool,
+}
+
+/// A change of the cluster's membership (etcd's MemberAdd/Remove/Update/Promote).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    AddLearner(MemberId, Member),
+    /// Added as a learner and made a voter at once (etcd's MemberAdd without `--learner`).
+    AddVoter(MemberId, Member),
+    Promote(MemberId),
+    Remove(MemberId),
+    Update(MemberId, Member),
+}
+
+impl MembershipChange {
+    fn to_pb(&self) -> raftpb::MembershipChange {
+        use raftpb::membership_change::Change;
+        let member = |id: &MemberId, member: &Member| raftpb::Member {
+            id: *id,
+            name: member.name.clone(),
+            peer_urls: member.peer_urls.clone(),
+            client_urls: member.client_urls.clone(),
+        };
+        let change = match self {
+            MembershipChange::AddLearner(id, m) => Change::AddLearner(member(id, m)),
+            MembershipChange::AddVoter(id, m) => Change::AddVoter(member(id, m)),
+            MembershipChange::Promote(id) => Change::Promote(*id),
+            MembershipChange::Remove(id) => Change::Remove(*id),
+            MembershipChange::Update(id, m) => Change::Update(member(id, m)),
+        };
+        raftpb::MembershipChange {
+            change: Some(change),
+        }
+    }
 }
 
 /// A member of the cluster listed by MemberList.
@@ -340,48 +373,72 @@ impl Replica {
         self.inner.transport.call(leader, &member, request).await
     }
 
-    /// Adds a learner (etcd MemberAdd with `--learner`); it catches up in the background.
-    pub async fn add_learner(&self, id: MemberId, member: Member) -> Result<(), ConsensusError> {
-        let result = self.inner.raft.add_learner(id, member, false).await;
-        result.map(|_| ()).map_err(membership_error)
+    /// Runs a membership change on the leader (here, or forwarded to it).
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ConsensusError> {
+        let change = change.to_pb();
+        let mut leader = self.leader().await?;
+        for _ in 0..3 {
+            let hint = if leader == self.inner.id {
+                match change_membership(&self.inner.raft, change.clone()).await {
+                    Ok(()) => return Ok(()),
+                    Err(MembershipError::NotLeader(hint)) => hint,
+                    Err(MembershipError::Refused(reason)) => {
+                        return Err(ConsensusError::Membership(reason))
+                    }
+                    Err(MembershipError::Stopped) => return Err(ConsensusError::Stopped),
+                }
+            } else {
+                let request = PeerRequest::ChangeMembership(change.clone());
+                match self.call_leader(leader, request).await {
+                    Ok(_) => return Ok(()),
+                    Err(TransportError::Refused(refusal)) if refusal.leader_id != 0 => {
+                        Some(refusal.leader_id)
+                    }
+                    Err(TransportError::Refused(refusal)) => {
+                        return Err(ConsensusError::Membership(refusal.message))
+                    }
+                    Err(error) => return Err(unreachable(leader, error)),
+                }
+            };
+            leader = match hint {
+                Some(hint) if hint != leader => hint,
+                _ => self.leader().await?,
+            };
+        }
+        Err(ConsensusError::LeaderChanged)
     }
 
-    /// Adds a voter: as a learner first, then promoted once it has caught up.
-    pub async fn add_voter(&self, id: MemberId, member: Member) -> Result<(), ConsensusError> {
-        let result = self.inner.raft.add_learner(id, member, true).await;
-        result.map_err(membership_error)?;
-        self.promote(id).await
-    }
-
-    /// Makes learner `id` a voter (etcd MemberPromote).
-    pub async fn promote(&self, id: MemberId) -> Result<(), ConsensusError> {
-        let changes = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-        let result = self.inner.raft.change_membership(changes, false).await;
-        result.map(|_| ()).map_err(membership_error)
-    }
-
-    /// Removes member `id`, voter or learner (etcd MemberRemove).
-    pub async fn remove(&self, id: MemberId) -> Result<(), ConsensusError> {
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        let is_voter = metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|voter| voter == id);
-        let changes = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
-        let result = self.inner.raft.change_membership(changes, false).await;
-        result.map(|_| ()).map_err(membership_error)
-    }
-
-    /// Replaces member `id`'s record (etcd MemberUpdate: new peer URLs).
-    pub async fn update(&self, id: MemberId, member: Member) -> Result<(), ConsensusError> {
-        let changes = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
-        let result = self.inner.raft.change_membership(changes, false).await;
-        result.map(|_| ()).map_err(membership_error)
+    /// Makes this member's record carry `member` (its name and client URLs), as etcd members
+    /// publish their attributes once they start. Retries until it lands or the member stops.
+    pub async fn publish(&self, member: Member) {
+        loop {
+            if !self.is_running() {
+                return;
+            }
+            let current = self
+                .members()
+                .into_iter()
+                .find(|info| info.id == self.inner.id);
+            let Some(current) = current else {
+                // A joining member learns the membership that lists it from its leader.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            if current.member == member {
+                return;
+            }
+            match self
+                .change_membership(MembershipChange::Update(self.inner.id, member.clone()))
+                .await
+            {
+                Ok(()) => return,
+                Err(ConsensusError::Stopped) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "publishing this member's attributes; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 
     /// Whether this member is stopping or stopped.
@@ -437,16 +494,5 @@ fn unreachable(leader: MemberId, error: TransportError) -> ConsensusError {
             leader,
             reason: error.to_string(),
         },
-    }
-}
-
-fn membership_error<E: std::fmt::Display>(
-    error: openraft::error::RaftError<MemberId, E>,
-) -> ConsensusError {
-    match error {
-        openraft::error::RaftError::APIError(error) => {
-            ConsensusError::Membership(error.to_string())
-        }
-        openraft::error::RaftError::Fatal(_) => ConsensusError::Stopped,
     }
 }

@@ -84,6 +84,15 @@ impl Node {
                 "recovered state"
             );
         }
+        tokio::spawn({
+            let replica = replica.clone();
+            let attributes = Member {
+                name: config.name.clone(),
+                peer_urls: config.initial_advertise_peer_urls.clone(),
+                client_urls: config.advertise_client_urls.clone(),
+            };
+            async move { replica.publish(attributes).await }
+        });
         let (stopping, _) = watch::channel(false);
         let peer_server = {
             let mut stopped = stopping.subscribe();
@@ -212,15 +221,12 @@ fn initial_members(config: &ServerConfig) -> Result<BTreeMap<u64, Member>, Start
     }
     for (name, peer_urls) in by_name {
         let id = member_id_for(&peer_urls, &config.initial_cluster_token);
-        let client_urls = if name == config.name {
-            config.advertise_client_urls.clone()
-        } else {
-            Vec::new()
-        };
+        // Every member must write the same initial membership: client URLs are published by
+        // each member itself once the cluster runs (see `Replica::publish`).
         let member = Member {
             name,
             peer_urls,
-            client_urls,
+            client_urls: Vec::new(),
         };
         if members.insert(id, member).is_some() {
             return Err(StartError::Config(format!(

@@ -1,5 +1,7 @@
 //! `cairn` — the command line: `serve` runs a member, `bench` measures one.
 
+mod cluster;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,9 +31,18 @@ struct Cli {
 enum Command {
     /// Run a member serving the etcd v3 API (flags as etcd's).
     Serve(ServeArgs),
+    /// Local development clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Start N members as local processes; print endpoints; Ctrl-C stops them all.
+    Up(cluster::ClusterUpArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,6 +178,9 @@ fn main() -> anyhow::Result<()> {
                     .context("cairn serve")
             })
         }
+        Command::Cluster(ClusterCommand::Up(args)) => {
+            runtime.block_on(cluster::up(args, shutdown_signal()))
+        }
         Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(async move {
             let report = cairn_bench::kv::run(&args)
                 .await
@@ -182,6 +196,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(filter: &str) {
+    // openraft reports every vote and replication state change at info; keep its warnings
+    // unless the filter asks for openraft explicitly.
+    let filter = if filter.contains("openraft") {
+        filter.to_string()
+    } else {
+        format!("{filter},openraft=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

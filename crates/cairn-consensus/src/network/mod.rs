@@ -34,6 +34,7 @@ pub enum PeerRequest {
     InstallSnapshot(raftpb::InstallSnapshotRequest),
     Forward(raftpb::ForwardRequest),
     ReadIndex(raftpb::ReadIndexRequest),
+    ChangeMembership(raftpb::MembershipChange),
 }
 
 /// The answer to a [`PeerRequest`] of the same kind.
@@ -44,6 +45,7 @@ pub enum PeerResponse {
     InstallSnapshot(raftpb::InstallSnapshotResponse),
     Forward(raftpb::ForwardResponse),
     ReadIndex(raftpb::ReadIndexResponse),
+    ChangeMembership(raftpb::MembershipChangeResponse),
 }
 
 /// Why a peer call failed.

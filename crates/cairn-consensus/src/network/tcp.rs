@@ -85,6 +85,10 @@ impl Transport for TcpTransport {
                     .read_index(request)
                     .await
                     .map(|r| PeerResponse::ReadIndex(r.into_inner())),
+                PeerRequest::ChangeMembership(request) => client
+                    .change_membership(request)
+                    .await
+                    .map(|r| PeerResponse::ChangeMembership(r.into_inner())),
             };
             response.map_err(transport_error)
         })
@@ -174,5 +178,12 @@ impl RaftService for PeerService {
         request: Request<raftpb::ReadIndexRequest>,
     ) -> Result<Response<raftpb::ReadIndexResponse>, Status> {
         answer!(self, request, ReadIndex)
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<raftpb::MembershipChange>,
+    ) -> Result<Response<raftpb::MembershipChangeResponse>, Status> {
+        answer!(self, request, ChangeMembership)
     }
 }

@@ -1,7 +1,7 @@
 //! The Cluster service: MemberList from the replicated membership; MemberAdd, MemberRemove,
 //! MemberUpdate and MemberPromote as raft membership changes (run on the leader).
 
-use cairn_consensus::MemberInfo;
+use cairn_consensus::{MemberInfo, MembershipChange};
 use cairn_proto::etcdserverpb::cluster_server::Cluster;
 use cairn_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -31,6 +31,14 @@ impl ClusterService {
     fn header(&self) -> Option<ResponseHeader> {
         let revision = self.node.store().current_revision();
         Some(self.node.header(revision))
+    }
+
+    async fn change(&self, change: MembershipChange) -> Result<(), Status> {
+        let replica = self.node.replica();
+        Ok(replica
+            .change_membership(change)
+            .await
+            .map_err(ServerError::from)?)
     }
 
     fn member(&self, id: u64) -> Result<MemberInfo, Status> {
@@ -93,13 +101,12 @@ impl Cluster for ClusterService {
             peer_urls: request.peer_ur_ls.clone(),
             client_urls: Vec::new(),
         };
-        let replica = self.node.replica();
-        let added = if request.is_learner {
-            replica.add_learner(id, member).await
+        let change = if request.is_learner {
+            MembershipChange::AddLearner(id, member)
         } else {
-            replica.add_voter(id, member).await
+            MembershipChange::AddVoter(id, member)
         };
-        added.map_err(ServerError::from)?;
+        self.change(change).await?;
         Ok(Response::new(MemberAddResponse {
             header: self.header(),
             member: Some(Member {
@@ -119,11 +126,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
         self.member(id)?;
-        self.node
-            .replica()
-            .remove(id)
-            .await
-            .map_err(ServerError::from)?;
+        self.change(MembershipChange::Remove(id)).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.members(),
@@ -138,11 +141,8 @@ impl Cluster for ClusterService {
         check_peer_urls(&request.peer_ur_ls)?;
         let mut member = self.member(request.id)?.member;
         member.peer_urls = request.peer_ur_ls;
-        let replica = self.node.replica();
-        replica
-            .update(request.id, member)
-            .await
-            .map_err(ServerError::from)?;
+        self.change(MembershipChange::Update(request.id, member))
+            .await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.header(),
             members: self.members(),
@@ -169,11 +169,7 @@ impl Cluster for ClusterService {
                 "etcdserver: can only promote a learner member",
             ));
         }
-        self.node
-            .replica()
-            .promote(id)
-            .await
-            .map_err(ServerError::from)?;
+        self.change(MembershipChange::Promote(id)).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.members(),
