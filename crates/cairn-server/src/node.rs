@@ -70,7 +70,13 @@ impl Node {
             request_timeout: REQUEST_TIMEOUT,
         };
         let peers = bind_peer_listeners(&config).await?;
-        let (replica, handler) = Replica::open(replica_config, Arc::new(TcpTransport::new()))
+        let source = peers
+            .first()
+            .and_then(|listener| listener.local_addr().ok())
+            .map(|addr| addr.ip())
+            .filter(|ip| !ip.is_unspecified());
+        let transport = Arc::new(TcpTransport::new(source));
+        let (replica, handler) = Replica::open(replica_config, transport)
             .await
             .map_err(|error| StartError::Replica(error.to_string()))?;
         {

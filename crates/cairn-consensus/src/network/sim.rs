@@ -1,8 +1,8 @@
 //! The simulated network: every member of a cluster in one process, links with seeded faults.
 //!
 //! Each message on a link is delayed by a random time up to `delay_ms_max`, dropped (before
-//! or after the receiver processed it: the sender cannot tell which) or delivered twice
-//! (raft's messages are idempotent), all drawn from one seeded RNG. Links can be cut
+//! or after the receiver processed it: the sender cannot tell which) or, for raft's own
+//! idempotent messages, delivered twice, all drawn from one seeded RNG. Links can be cut
 //! (partitions) and members taken down (crash) and brought back. Under `tokio::time::pause`
 //! the delays are virtual, so a long faulty run takes little real time.
 
@@ -155,7 +155,13 @@ impl Transport for Endpoint {
                 return Err(lost());
             }
             let handler = network.receiver(from, target).ok_or_else(lost)?;
-            if fate.duplicate {
+            // Raft's own messages are idempotent; a forwarded client write or membership
+            // change is not (TCP never duplicates one, and nor does this network).
+            let idempotent = !matches!(
+                request,
+                PeerRequest::Forward(_) | PeerRequest::ChangeMembership(_)
+            );
+            if fate.duplicate && idempotent {
                 let _ = handler.handle(request.clone()).await;
             }
             let response = handler.handle(request).await;

@@ -3,6 +3,7 @@
 //! sends each peer's replication messages one at a time, so they arrive in order.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,11 +27,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct TcpTransport {
     /// A std mutex: held to look up or insert a client (a cheap clone of a channel handle).
     clients: Mutex<HashMap<MemberId, (String, RaftClient<Channel>)>>,
+    /// Source address of peer connections. Set to the peer listener's own IP when it listens
+    /// on a specific one, so a member's connections come from its peer address (what firewall
+    /// rules, and the link-cutting proxy of the fault tests, key on).
+    source: Option<IpAddr>,
 }
 
 impl TcpTransport {
-    pub fn new() -> TcpTransport {
-        TcpTransport::default()
+    pub fn new(source: Option<IpAddr>) -> TcpTransport {
+        TcpTransport {
+            clients: Mutex::default(),
+            source,
+        }
     }
 
     fn client(
@@ -50,6 +58,7 @@ impl TcpTransport {
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|error| TransportError::Unreachable(format!("peer URL {url}: {error}")))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .local_address(self.source)
             .tcp_nodelay(true);
         let client = RaftClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)

@@ -6,6 +6,9 @@
 
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
+pub mod cluster;
+pub mod workload;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -326,4 +329,9 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A raw KV client to a cluster member.
+pub async fn cluster_kv(endpoint: &str) -> KvClient<Channel> {
+    KvClient::new(channel(endpoint).await)
 }
