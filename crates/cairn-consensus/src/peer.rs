@@ -92,14 +92,20 @@ impl PeerHandler {
         // never enters the log.
         InternalRequest::decode(request.request.as_ref())
             .map_err(|error| refused(0, format!("undecodable request: {error}")))?;
+        // Not leading: nothing is appended, so the follower may retry at the hinted leader.
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            let hint = metrics.current_leader.unwrap_or(0);
+            return Err(refused(hint, "not leader".to_string()));
+        }
+        // Leading: a failure from here on may come after the entry was appended (leadership
+        // lost before commit), and a later leader may still commit it. So no leader hint: the
+        // follower must not propose it again (it would apply twice).
         let written = self
             .raft
             .client_write(Proposal(request.request))
             .await
-            .map_err(|error| {
-                let leader = error.forward_to_leader().and_then(|to| to.leader_id);
-                refused(leader.unwrap_or(0), error.to_string())
-            })?;
+            .map_err(|error| refused(0, format!("leader changed: {error}")))?;
         Ok(PeerResponse::Forward(raftpb::ForwardResponse {
             index: written.log_id.index,
         }))

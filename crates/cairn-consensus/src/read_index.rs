@@ -140,6 +140,7 @@ impl Source {
             .get_node(&leader)
             .cloned()
             .ok_or(RoundError::NoLeader)?;
+        tracing::debug!(leader, "asking the leader for a read index");
         let request = PeerRequest::ReadIndex(raftpb::ReadIndexRequest {});
         match self.transport.call(leader, &member, request).await {
             Ok(PeerResponse::ReadIndex(response)) => Ok(response.index),

@@ -53,6 +53,10 @@ pub struct ReplicaConfig {
     pub snapshot_count: u64,
     /// How long a proposal or a read may wait for the cluster.
     pub request_timeout: Duration,
+    /// Do disk I/O on the calling task instead of the WAL's writer thread and tokio's
+    /// blocking pool. Only for simulation under a paused clock, which jumps to the next timer
+    /// whenever the runtime waits on another thread; it costs group commit.
+    pub synchronous_io: bool,
 }
 
 /// Where this member stands, for Status and response headers.
@@ -130,7 +134,7 @@ impl Replica {
         config: ReplicaConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<(Replica, PeerHandler), OpenError> {
-        let log_store = LogStore::open(&config.member_dir)?;
+        let log_store = LogStore::open(&config.member_dir, config.synchronous_io)?;
         let wal = log_store.wal();
         let snapshots = SnapshotStore::open(&config.member_dir.join("snap"))?;
         let first_proposal_id = SystemTime::now()
@@ -142,6 +146,7 @@ impl Replica {
             config.store.clone(),
             config.member_id,
             first_proposal_id,
+            config.synchronous_io,
         )?;
         let shared = state_machine.shared();
         let raft_config = openraft::Config {
@@ -170,13 +175,7 @@ impl Replica {
             .await
             .map_err(|error| OpenError::Raft(error.to_string()))?;
         if !initialized && !config.initial_members.is_empty() {
-            info!(
-                members = config.initial_members.len(),
-                "initializing a new cluster"
-            );
-            raft.initialize(config.initial_members.clone())
-                .await
-                .map_err(|error| OpenError::Raft(error.to_string()))?;
+            bootstrap(&raft, &config);
         }
         let handler = PeerHandler::new(raft.clone());
         let reads = ReadBatcher::start(raft.clone(), transport.clone(), config.member_id);
@@ -296,26 +295,33 @@ impl Replica {
         // A leader hint can be stale once or twice during an election; then give up.
         for _ in 0..3 {
             let hint = if leader == self.inner.id {
-                match self.inner.raft.client_write(Proposal(bytes.clone())).await {
-                    Ok(_) => return Ok(()),
+                // A refusal may come after the entry was appended (leadership lost before
+                // commit) and a later leader may still commit it: proposing it again would
+                // apply it twice, so the outcome is reported unknown instead.
+                return match self.inner.raft.client_write(Proposal(bytes.clone())).await {
+                    Ok(_) => Ok(()),
                     Err(error) => match error.into_api_error() {
-                        Some(ClientWriteError::ForwardToLeader(to)) => to.leader_id,
-                        Some(ClientWriteError::ChangeMembershipError(error)) => {
-                            return Err(ConsensusError::Membership(error.to_string()))
+                        Some(ClientWriteError::ForwardToLeader(_)) => {
+                            Err(ConsensusError::LeaderChanged)
                         }
-                        None => return Err(ConsensusError::Stopped),
+                        Some(ClientWriteError::ChangeMembershipError(error)) => {
+                            Err(ConsensusError::Membership(error.to_string()))
+                        }
+                        None => Err(ConsensusError::Stopped),
                     },
-                }
+                };
             } else {
                 let request = PeerRequest::Forward(raftpb::ForwardRequest {
                     request: bytes.clone(),
                 });
                 match self.call_leader(leader, request).await {
                     Ok(_) => return Ok(()),
+                    // The target does not lead: nothing was appended, retry at its hint.
                     Err(TransportError::Refused(refusal)) if refusal.leader_id != 0 => {
                         Some(refusal.leader_id)
                     }
-                    Err(TransportError::Refused(_)) => None,
+                    // It led and failed: the entry may still commit (see above).
+                    Err(TransportError::Refused(_)) => return Err(ConsensusError::LeaderChanged),
                     Err(error) => return Err(unreachable(leader, error)),
                 }
             };
@@ -335,6 +341,11 @@ impl Replica {
             .await
             .map_err(|_| ConsensusError::Timeout)??;
         let mut applied = self.inner.shared.applied_index();
+        tracing::debug!(
+            read_index = index,
+            applied = *applied.borrow(),
+            "linearizable read"
+        );
         tokio::time::timeout_at(deadline, applied.wait_for(|applied| *applied >= index))
             .await
             .map_err(|_| ConsensusError::Timeout)?
@@ -473,6 +484,32 @@ impl Replica {
             warn!(%error, "closing the WAL failed");
         }
     }
+}
+
+/// Initializes a new cluster's log with its initial members. Members that all initialize at
+/// once all campaign at once and split the vote, then keep refusing each other for a leader
+/// lease; so the members take turns: the one with the lowest id initializes at once, the
+/// `n`-th one only if, `n` election timeouts later, nobody has brought it into the cluster
+/// (its predecessors may not have started). Any majority still forms a cluster.
+fn bootstrap(raft: &Raft, config: &ReplicaConfig) {
+    let rank = config
+        .initial_members
+        .keys()
+        .position(|id| *id == config.member_id)
+        .unwrap_or(0) as u64;
+    let delay = Duration::from_millis(rank * 2 * config.election_timeout_ms);
+    let (raft, members) = (raft.clone(), config.initial_members.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        info!(members = members.len(), rank, "initializing a new cluster");
+        // Someone else's membership may arrive meanwhile; openraft then refuses, harmlessly.
+        if let Err(error) = raft.initialize(members).await {
+            tracing::debug!(%error, "initialization refused");
+        }
+    });
 }
 
 /// Cancels a proposal's waiter if the proposing future ends early (deadline, dropped client).

@@ -128,6 +128,20 @@ pub struct StateMachine {
     store_config: StoreConfig,
     /// Meta of the newest snapshot file, to answer `get_current_snapshot` without decoding it.
     latest: Arc<Mutex<Option<SnapshotMeta>>>,
+    /// Snapshot files are read and written on the calling task (simulation).
+    synchronous: bool,
+}
+
+/// Runs blocking file work on tokio's blocking pool, or right here when `synchronous`.
+async fn blocking<T: Send + 'static>(
+    synchronous: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if synchronous {
+        Ok(work())
+    } else {
+        tokio::task::spawn_blocking(work).await
+    }
 }
 
 impl StateMachine {
@@ -137,6 +151,7 @@ impl StateMachine {
         store_config: StoreConfig,
         member_id: MemberId,
         first_proposal_id: u64,
+        synchronous: bool,
     ) -> Result<StateMachine, OpenError> {
         let engine: Box<dyn Engine> = match snapshots.load_latest()? {
             Some((_, data)) => Box::new(MemoryEngine::decode_snapshot(&data)?),
@@ -163,6 +178,7 @@ impl StateMachine {
             applied,
             store_config,
             latest: Arc::new(Mutex::new(latest)),
+            synchronous,
         })
     }
 
@@ -230,6 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             shared: self.shared.clone(),
             snapshots: self.snapshots.clone(),
             latest: self.latest.clone(),
+            synchronous: self.synchronous,
         }
     }
 
@@ -265,7 +282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
         let snapshots = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || snapshots.save(index, &data))
+        blocking(self.synchronous, move || snapshots.save(index, &data))
             .await
             .map_err(|error| refuse(error.to_string()))?
             .map_err(|error| refuse(error.to_string()))?;
@@ -284,7 +301,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let snapshots = self.snapshots.clone();
-        let loaded = tokio::task::spawn_blocking(move || snapshots.load_latest())
+        let loaded = blocking(self.synchronous, move || snapshots.load_latest())
             .await
             .map_err(|error| StorageIOError::read_snapshot(None, &error))?
             .map_err(|error| StorageIOError::read_snapshot(None, &error))?;
@@ -304,6 +321,7 @@ pub struct SnapshotBuilder {
     shared: Arc<Replicated>,
     snapshots: Arc<SnapshotStore>,
     latest: Arc<Mutex<Option<SnapshotMeta>>>,
+    synchronous: bool,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -319,10 +337,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let meta = applied.snapshot_meta();
         let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
         let snapshots = self.snapshots.clone();
-        let data = tokio::task::spawn_blocking(move || snapshots.save(index, &data).map(|()| data))
-            .await
-            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?
-            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        let data = blocking(self.synchronous, move || {
+            snapshots.save(index, &data).map(|()| data)
+        })
+        .await
+        .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?
+        .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
         *lock(&self.latest) = Some(meta.clone());
         Ok(Snapshot {
             meta,

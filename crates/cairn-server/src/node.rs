@@ -68,6 +68,7 @@ impl Node {
             election_timeout_ms: config.election_timeout_ms,
             snapshot_count: config.snapshot_count,
             request_timeout: REQUEST_TIMEOUT,
+            synchronous_io: false,
         };
         let peers = bind_peer_listeners(&config).await?;
         let source = peers

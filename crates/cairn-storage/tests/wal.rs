@@ -30,7 +30,10 @@ fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
 }
 
 fn options(segment_bytes_max: u64) -> WalOptions {
-    WalOptions { segment_bytes_max }
+    WalOptions {
+        segment_bytes_max,
+        ..WalOptions::default()
+    }
 }
 
 /// Opens `dir` and returns the handle with everything replayed after `after_index`.

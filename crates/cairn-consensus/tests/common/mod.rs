@@ -1,5 +1,7 @@
 //! A whole cluster in one process over the simulated network (`network::sim`).
 
+#![allow(dead_code)] // each test binary uses its own subset of the harness
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,6 +62,7 @@ impl SimCluster {
                 election_timeout_ms: 300,
                 snapshot_count: 200,
                 request_timeout: Duration::from_secs(3),
+                synchronous_io: true,
             };
             cluster.configs.insert(id, config);
             cluster.restart(id).await;

@@ -91,12 +91,17 @@ pub struct Entry {
 pub struct WalOptions {
     /// Size after which a new segment file is started.
     pub segment_bytes_max: u64,
+    /// Write and fsync on the caller's thread, inside `append`, instead of on the writer
+    /// thread (no group commit). For deterministic simulation: a paused tokio clock jumps
+    /// whenever the runtime waits on another thread, so the disk must not be one.
+    pub inline: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> WalOptions {
         WalOptions {
             segment_bytes_max: WAL_SEGMENT_BYTES_MAX_DEFAULT,
+            inline: false,
         }
     }
 }
@@ -146,10 +151,30 @@ struct Queue {
     /// request tasks), and the bound gives back-pressure: when `WAL_QUEUE_BATCHES_MAX` batches
     /// wait, the disk is behind and `append` blocks its caller until the writer takes the next
     /// group, about one fsync. A tokio channel would need an async `append` to do the same.
-    sender: Option<SyncSender<Command>>,
+    sender: Option<Sink>,
     /// Index the next appended entry must carry; `None` while the log has never held a segment
     /// (then any first index >= 1 is accepted).
     next_index: Option<u64>,
+}
+
+/// Where commands go: the writer thread, or (inline mode) the writer itself, run on the
+/// caller's thread under the queue lock.
+enum Sink {
+    Thread(SyncSender<Command>),
+    Inline(Box<Writer>),
+}
+
+impl Sink {
+    /// Hands `command` over; gives it back if the writer is gone.
+    fn send(&mut self, command: Command) -> Result<(), Command> {
+        match self {
+            Sink::Thread(sender) => sender.send(command).map_err(|refused| refused.0),
+            Sink::Inline(writer) => {
+                writer.handle_inline(command);
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Wal {
@@ -176,19 +201,24 @@ impl Wal {
             recovered,
             counters.clone(),
         )?;
-        let (sender, receiver) = sync_channel(WAL_QUEUE_BATCHES_MAX);
-        let thread = std::thread::Builder::new()
-            .name("cairn-wal-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(|e| WalError::io("spawn writer thread for", dir, e))?;
+        let (sink, thread) = if options.inline {
+            (Sink::Inline(Box::new(writer)), None)
+        } else {
+            let (sender, receiver) = sync_channel(WAL_QUEUE_BATCHES_MAX);
+            let thread = std::thread::Builder::new()
+                .name("cairn-wal-writer".into())
+                .spawn(move || writer.run(receiver))
+                .map_err(|e| WalError::io("spawn writer thread for", dir, e))?;
+            (Sink::Thread(sender), Some(thread))
+        };
         let inner = Inner {
             queue: Mutex::new(Queue {
-                sender: Some(sender),
+                sender: Some(sink),
                 next_index,
             }),
             last_index: AtomicU64::new(next_index.map_or(0, |next| next - 1)),
             counters,
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(thread),
         };
         Ok(Wal {
             inner: Arc::new(inner),
@@ -212,11 +242,11 @@ impl Wal {
     /// with consecutive indexes, or if a payload exceeds `WAL_RECORD_DATA_BYTES_MAX`.
     pub fn append(&self, entries: Vec<Entry>, flushed: Flushed) {
         let mut queue = self.inner.lock_queue();
-        let Some(sender) = &queue.sender else {
+        check_batch(queue.next_index, &entries);
+        let Some(sender) = &mut queue.sender else {
             drop(queue);
             return flushed(Err(WalError::Closed));
         };
-        check_batch(queue.next_index, &entries);
         let last = entries.last().map(|entry| entry.index);
         match sender.send(Command::Append { entries, flushed }) {
             Ok(()) => {
@@ -227,7 +257,7 @@ impl Wal {
             }
             Err(refused) => {
                 drop(queue);
-                refused.0.refuse(WalError::Closed);
+                refused.refuse(WalError::Closed);
             }
         }
     }
@@ -279,11 +309,11 @@ impl Wal {
         let (reply, receiver) = oneshot::channel();
         {
             let mut queue = self.inner.lock_queue();
-            let Some(sender) = queue.sender.take() else {
+            let Some(mut sender) = queue.sender.take() else {
                 return Ok(());
             };
             if let Err(refused) = sender.send(Command::Close { reply }) {
-                refused.0.refuse(WalError::Closed);
+                refused.refuse(WalError::Closed);
             }
         }
         let result = receiver.await.unwrap_or(Err(WalError::Closed));
@@ -307,12 +337,12 @@ impl Wal {
         let (reply, receiver) = oneshot::channel();
         {
             let mut queue = self.inner.lock_queue();
-            let Some(sender) = &queue.sender else {
+            let next = next_index(&queue);
+            let Some(sender) = &mut queue.sender else {
                 return Err(WalError::Closed);
             };
-            let next = next_index(&queue);
             if let Err(refused) = sender.send(command(reply)) {
-                refused.0.refuse(WalError::Closed);
+                refused.refuse(WalError::Closed);
             } else if let Some(next) = next {
                 queue.next_index = Some(next);
                 self.inner.last_index.store(next - 1, Ordering::Release);

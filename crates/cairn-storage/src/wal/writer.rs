@@ -96,7 +96,7 @@ struct Active {
 
 /// Whether `run` keeps going after a control command.
 #[derive(PartialEq, Eq)]
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     Stop,
 }
@@ -176,6 +176,19 @@ impl Writer {
                 };
             }
             self.commit();
+        }
+    }
+
+    /// Handles one command at once, on the caller's thread (the inline mode of
+    /// `WalOptions::inline`): an append is written and fsynced before this returns.
+    pub(crate) fn handle_inline(&mut self, command: Command) -> Flow {
+        match command {
+            Command::Append { entries, flushed } => {
+                self.stage(entries, flushed);
+                self.commit();
+                Flow::Continue
+            }
+            control => self.control(control),
         }
     }
 
