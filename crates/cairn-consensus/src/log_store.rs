@@ -245,6 +245,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // openraft truncates before it overwrites, but the contract allows an append that
+        // overlaps the tail: it replaces it. (Raft entry i is WAL record i + 1.)
+        if let Some(first) = entries.first() {
+            if first.log_id.index < self.wal.last_index() {
+                self.truncate(first.log_id).await?;
+            }
+        }
         let mut records = Vec::new();
         {
             let mut cache = lock(&self.reader.cache);

@@ -83,7 +83,7 @@ impl AppliedState {
         let state = raftpb::AppliedState {
             last_applied: wire::option_log_id_to_pb(&self.last_applied),
             membership_log_id,
-            membership: Some(membership),
+            membership,
         };
         Bytes::from(state.encode_to_vec())
     }
@@ -202,11 +202,12 @@ impl StateMachine {
                     Err(_) => store.apply_noop(index),
                 }
             }
+            // Raft entry 0 (the initial membership) has no index in the store, which counts
+            // from 1 like etcd's.
+            EntryPayload::Blank if index == 0 => {}
             EntryPayload::Blank => store.apply_noop(index),
             EntryPayload::Membership(membership) => {
                 self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                // The initial membership is raft entry 0, which the store (indexes >= 1)
-                // does not count.
                 if index > 0 {
                     store.apply_noop(index);
                 }

@@ -102,13 +102,13 @@ pub fn membership_from_pb(membership: &raftpb::Membership) -> Result<Membership,
     Ok(Membership::new(configs, members))
 }
 
+/// A stored membership on the wire; `None` for the empty one a member has before it joins.
 pub fn stored_membership_to_pb(
     stored: &StoredMembership,
-) -> (Option<raftpb::LogId>, raftpb::Membership) {
-    (
-        option_log_id_to_pb(stored.log_id()),
-        membership_to_pb(stored.membership()),
-    )
+) -> (Option<raftpb::LogId>, Option<raftpb::Membership>) {
+    let membership = stored.membership();
+    let encoded = (!membership.get_joint_config().is_empty()).then(|| membership_to_pb(membership));
+    (option_log_id_to_pb(stored.log_id()), encoded)
 }
 
 pub fn stored_membership_from_pb(
@@ -247,7 +247,7 @@ pub fn install_snapshot_request_to_pb(
             state: Some(raftpb::AppliedState {
                 last_applied: option_log_id_to_pb(&request.meta.last_log_id),
                 membership_log_id,
-                membership: Some(membership),
+                membership,
             }),
             snapshot_id: request.meta.snapshot_id.clone(),
         }),

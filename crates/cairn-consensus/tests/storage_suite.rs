@@ -1,0 +1,26 @@
+//! openraft's storage test suite against Cairn's log store (on the WAL) and state machine.
+
+use cairn_consensus::log_store::LogStore;
+use cairn_consensus::state_machine::StateMachine;
+use cairn_consensus::types::{StorageError, TypeConfig};
+use cairn_mvcc::StoreConfig;
+use cairn_storage::snapshot::SnapshotStore;
+use openraft::testing::{StoreBuilder, Suite};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = LogStore::open(dir.path(), false).expect("log store opens");
+        let snapshots = SnapshotStore::open(&dir.path().join("snap")).expect("snapshot store");
+        let state_machine = StateMachine::open(snapshots, StoreConfig::default(), 1, 1, false)
+            .expect("state machine opens");
+        Ok((dir, log, state_machine))
+    }
+}
+
+#[test]
+fn log_store_and_state_machine_pass_openraft_suite() {
+    Suite::test_all(Builder).expect("openraft storage suite");
+}
