@@ -119,7 +119,13 @@ struct Source {
 
 impl Source {
     async fn read_point(&self) -> Result<u64, RoundError> {
-        let metrics = self.raft.metrics().borrow().clone();
+        // During an election, wait for its end (the caller bounds the wait), as etcd does.
+        let mut watch = self.raft.metrics();
+        let metrics = watch
+            .wait_for(|m| m.current_leader.is_some() || m.running_state.is_err())
+            .await
+            .map_err(|_| RoundError::Stopped)?
+            .clone();
         if metrics.running_state.is_err() {
             return Err(RoundError::Stopped);
         }

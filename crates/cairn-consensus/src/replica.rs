@@ -176,6 +176,10 @@ impl Replica {
             .map_err(|error| OpenError::Raft(error.to_string()))?;
         if !initialized && !config.initial_members.is_empty() {
             bootstrap(&raft, &config);
+        } else if sole_voter(&raft, config.member_id) {
+            // Nobody else can lead: campaign now instead of after an election timeout, so a
+            // restarted single member serves at once (as etcd's does).
+            let _ = raft.trigger().elect().await;
         }
         let handler = PeerHandler::new(raft.clone());
         let reads = ReadBatcher::start(raft.clone(), transport.clone(), config.member_id);
@@ -484,6 +488,13 @@ impl Replica {
             warn!(%error, "closing the WAL failed");
         }
     }
+}
+
+/// Whether `member` is the only voter of the membership this replica knows.
+fn sole_voter(raft: &Raft, member: MemberId) -> bool {
+    let metrics = raft.metrics().borrow().clone();
+    let voters: Vec<MemberId> = metrics.membership_config.membership().voter_ids().collect();
+    voters == [member]
 }
 
 /// Initializes a new cluster's log with its initial members. Members that all initialize at

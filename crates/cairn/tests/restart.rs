@@ -19,12 +19,18 @@ async fn dump(cairn: &Cairn) -> (RangeResponse, RangeResponse) {
         range_end: vec![0],
         ..Default::default()
     };
-    let now = kv.range(all.clone()).await.unwrap().into_inner();
-    let old = kv
+    let mut now = kv.range(all.clone()).await.unwrap().into_inner();
+    let mut old = kv
         .range(RangeRequest { revision: 8, ..all })
         .await
         .unwrap()
         .into_inner();
+    // A restarted member wins a new election, as etcd's does: the raft term moves on.
+    for response in [&mut now, &mut old] {
+        if let Some(header) = response.header.as_mut() {
+            header.raft_term = 0;
+        }
+    }
     (now, old)
 }
 
