@@ -42,7 +42,9 @@ use tokio::time::Instant;
 const KEYS: u64 = 4;
 const CLIENTS: u64 = 4;
 const WORKLOAD: Duration = Duration::from_secs(6);
-const CONVERGE_BUDGET: Duration = Duration::from_secs(30);
+/// Virtual time a healed cluster gets to elect a leader and catch up. openraft draws its
+/// election timeouts from an unseeded RNG, so a rare seed sees a long run of split votes.
+const CONVERGE_BUDGET: Duration = Duration::from_secs(90);
 
 /// What one seed decides.
 #[derive(Debug)]

@@ -91,7 +91,7 @@ impl Node {
                 "recovered state"
             );
         }
-        tokio::spawn({
+        let mut publish = tokio::spawn({
             let replica = replica.clone();
             let attributes = Member {
                 name: config.name.clone(),
@@ -118,6 +118,11 @@ impl Node {
                 }
             })
         };
+        // Like etcd, publish this member's name and client URLs before serving clients, so
+        // MemberList shows them; a cluster still waiting for a quorum goes on retrying it in
+        // the background rather than keep clients out.
+        let publish_wait = Duration::from_millis(3 * config.election_timeout_ms);
+        let _ = tokio::time::timeout(publish_wait, &mut publish).await;
         Ok(Node {
             inner: Arc::new(NodeInner {
                 identity,
