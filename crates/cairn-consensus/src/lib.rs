@@ -11,10 +11,12 @@
 //! - `wire` — openraft types ↔ `raftpb` (wire and disk).
 //! - `log_store` — `RaftLogStorage` on the WAL plus the hard-state file.
 //! - `state_machine` — `RaftStateMachine` over `KvStore`; snapshots.
-//! - `wait` — proposal waiters; `read_index` — batched read points.
+//! - `wait` — proposal waiters; `batcher` — proposals packed into entries; `read_index` —
+//!   batched read points.
 //! - `network` — the `Transport` trait, openraft's network over it, `tcp` and `sim`.
 //! - `peer` — answers peer requests; `replica` — the member; `limits`, `error`.
 
+mod batcher;
 pub mod error;
 pub mod limits;
 pub mod log_store;

@@ -1,8 +1,9 @@
 //! Bounds of the consensus layer (see STYLE.md: every queue and batch takes its bound here).
 
-/// Entries per AppendEntries message. An entry is at most `request_bytes_max` (1.5 MiB by
-/// default) plus framing, so one message stays under [`PEER_MESSAGE_BYTES_MAX`].
-pub const APPEND_ENTRIES_MAX: u64 = 64;
+/// Entries per AppendEntries message. An entry is a batch of at most
+/// [`PROPOSAL_BATCH_BYTES_MAX`] plus one proposal, so one message stays under
+/// [`PEER_MESSAGE_BYTES_MAX`].
+pub const APPEND_ENTRIES_MAX: u64 = 16;
 
 /// Largest peer message accepted or sent (gRPC frame limit on the peer listener).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
@@ -10,4 +11,14 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// Readers that may wait for one read-index round.
 pub const READ_INDEX_WAITERS_MAX: usize = 65_536;
 
-const _: () = assert!(APPEND_ENTRIES_MAX as usize * 2 * 1024 * 1024 <= PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(
+    APPEND_ENTRIES_MAX as usize * (PROPOSAL_BATCH_BYTES_MAX + 2 * 1024 * 1024)
+        <= PEER_MESSAGE_BYTES_MAX
+);
+
+/// Bytes of proposals packed into one raft entry. A WAL record holds up to 16 MiB; one
+/// proposal is at most `--max-request-bytes` (1.5 MiB by default) and goes alone if larger.
+pub const PROPOSAL_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Batches submitted to raft and not yet applied; more would only shrink the batches.
+pub const PROPOSAL_BATCHES_IN_FLIGHT_MAX: usize = 2;

@@ -7,19 +7,23 @@ use prost::Message;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 
+use std::sync::Arc;
+
+use crate::batcher::ProposalBatcher;
 use crate::network::{PeerRequest, PeerResponse};
-use crate::types::{MemberId, Proposal, Raft};
+use crate::types::{MemberId, Raft};
 use crate::wire;
 
 /// Answers peer requests for one member; cheap to clone.
 #[derive(Clone)]
 pub struct PeerHandler {
     raft: Raft,
+    proposals: Arc<ProposalBatcher>,
 }
 
 impl PeerHandler {
-    pub fn new(raft: Raft) -> PeerHandler {
-        PeerHandler { raft }
+    pub(crate) fn new(raft: Raft, proposals: Arc<ProposalBatcher>) -> PeerHandler {
+        PeerHandler { raft, proposals }
     }
 
     pub async fn handle(&self, request: PeerRequest) -> Result<PeerResponse, raftpb::PeerError> {
@@ -101,13 +105,17 @@ impl PeerHandler {
         // Leading: a failure from here on may come after the entry was appended (leadership
         // lost before commit), and a later leader may still commit it. So no leader hint: the
         // follower must not propose it again (it would apply twice).
-        let written = self
-            .raft
-            .client_write(Proposal(request.request))
+        self.proposals
+            .submit(request.request)
             .await
             .map_err(|error| refused(0, format!("leader changed: {error}")))?;
         Ok(PeerResponse::Forward(raftpb::ForwardResponse {
-            index: written.log_id.index,
+            index: self
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |id| id.index),
         }))
     }
 }

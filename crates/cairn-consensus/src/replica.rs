@@ -23,19 +23,19 @@ use cairn_proto::cairnpb::InternalRequest;
 use cairn_proto::raftpb;
 use cairn_storage::snapshot::SnapshotStore;
 use cairn_storage::wal::{Wal, WalStats};
-use openraft::error::ClientWriteError;
 use openraft::SnapshotPolicy;
 use prost::Message;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::batcher::ProposalBatcher;
 use crate::error::{ConsensusError, OpenError};
 use crate::log_store::LogStore;
 use crate::network::{Network, PeerRequest, PeerResponse, Transport, TransportError};
 use crate::peer::{change_membership, MembershipError, PeerHandler};
 use crate::read_index::ReadBatcher;
 use crate::state_machine::{Replicated, StateMachine};
-use crate::types::{Member, MemberId, Proposal, Raft, RaftMetrics};
+use crate::types::{Member, MemberId, Raft, RaftMetrics};
 
 /// How a replica runs.
 #[derive(Clone, Debug)]
@@ -122,6 +122,7 @@ struct Inner {
     shared: Arc<Replicated>,
     transport: Arc<dyn Transport>,
     reads: ReadBatcher,
+    proposals: Arc<ProposalBatcher>,
     /// The log store's WAL (openraft owns the store): closed at shutdown, read for metrics.
     wal: Wal,
     request_timeout: Duration,
@@ -181,7 +182,8 @@ impl Replica {
             // restarted single member serves at once (as etcd's does).
             let _ = raft.trigger().elect().await;
         }
-        let handler = PeerHandler::new(raft.clone());
+        let proposals = Arc::new(ProposalBatcher::start(raft.clone()));
+        let handler = PeerHandler::new(raft.clone(), proposals.clone());
         let reads = ReadBatcher::start(raft.clone(), transport.clone(), config.member_id);
         let replica = Replica {
             inner: Arc::new(Inner {
@@ -190,6 +192,7 @@ impl Replica {
                 shared,
                 transport,
                 reads,
+                proposals,
                 wal,
                 request_timeout: config.request_timeout,
             }),
@@ -299,21 +302,10 @@ impl Replica {
         // A leader hint can be stale once or twice during an election; then give up.
         for _ in 0..3 {
             let hint = if leader == self.inner.id {
-                // A refusal may come after the entry was appended (leadership lost before
+                // A failure may come after the entry was appended (leadership lost before
                 // commit) and a later leader may still commit it: proposing it again would
-                // apply it twice, so the outcome is reported unknown instead.
-                return match self.inner.raft.client_write(Proposal(bytes.clone())).await {
-                    Ok(_) => Ok(()),
-                    Err(error) => match error.into_api_error() {
-                        Some(ClientWriteError::ForwardToLeader(_)) => {
-                            Err(ConsensusError::LeaderChanged)
-                        }
-                        Some(ClientWriteError::ChangeMembershipError(error)) => {
-                            Err(ConsensusError::Membership(error.to_string()))
-                        }
-                        None => Err(ConsensusError::Stopped),
-                    },
-                };
+                // apply it twice, so the batcher reports the outcome unknown instead.
+                return self.inner.proposals.submit(bytes).await;
             } else {
                 let request = PeerRequest::Forward(raftpb::ForwardRequest {
                     request: bytes.clone(),

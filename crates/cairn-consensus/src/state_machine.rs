@@ -120,6 +120,20 @@ impl AppliedState {
     }
 }
 
+/// The requests of one entry: length-delimited `cairnpb.InternalRequest`s (see
+/// `batcher.rs`). Decoding stops at the first that does not decode, the same way on every
+/// member (leaders check forwarded bytes, so that means a bug, not an attack).
+fn decode_batch(mut payload: &[u8]) -> Vec<InternalRequest> {
+    let mut requests = Vec::new();
+    while !payload.is_empty() {
+        match InternalRequest::decode_length_delimited(&mut payload) {
+            Ok(request) => requests.push(request),
+            Err(_) => break,
+        }
+    }
+    requests
+}
+
 /// openraft's state machine handle.
 pub struct StateMachine {
     shared: Arc<Replicated>,
@@ -190,16 +204,12 @@ impl StateMachine {
         let index = entry.log_id.index;
         match entry.payload {
             EntryPayload::Normal(proposal) => {
-                // A proposal that does not decode is refused the same way on every member
-                // (leaders check forwarded bytes, so this means a bug, not an attack).
-                match InternalRequest::decode(proposal.0.as_ref()) {
-                    Ok(request) => {
-                        let result = store.apply(index, &request);
-                        if request.origin_member == self.shared.member_id {
-                            self.shared.waits.complete(request.proposal_id, result);
-                        }
+                let requests = decode_batch(&proposal.0);
+                let results = store.apply_batch(index, &requests);
+                for (request, result) in requests.iter().zip(results) {
+                    if request.origin_member == self.shared.member_id {
+                        self.shared.waits.complete(request.proposal_id, result);
                     }
-                    Err(_) => store.apply_noop(index),
                 }
             }
             // Raft entry 0 (the initial membership) has no index in the store, which counts

@@ -42,17 +42,32 @@ impl KvStore {
         index: u64,
         request: &InternalRequest,
     ) -> Result<ApplyResponse, MvccError> {
+        let mut results = self.apply_batch(index, std::slice::from_ref(request));
+        results.pop().expect("one result per request")
+    }
+
+    /// Applies the requests of log entry `index` in order, each with its own revision (the
+    /// replication layer puts several proposals in one entry). Same ordering rule as `apply`.
+    pub fn apply_batch(
+        &mut self,
+        index: u64,
+        requests: &[InternalRequest],
+    ) -> Vec<Result<ApplyResponse, MvccError>> {
         assert!(
             index > self.applied_index,
             "apply: entry {index} is not after the applied index {}",
             self.applied_index
         );
-        let result = self
-            .apply_quota(request)
-            .and_then(|()| self.dispatch(request));
+        let results = requests
+            .iter()
+            .map(|request| {
+                self.apply_quota(request)
+                    .and_then(|()| self.dispatch(request))
+            })
+            .collect();
         self.applied_index = index;
         self.put_meta(META_APPLIED_INDEX, index as i64);
-        result
+        results
     }
 
     fn dispatch(&mut self, request: &InternalRequest) -> Result<ApplyResponse, MvccError> {

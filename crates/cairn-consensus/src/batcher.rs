@@ -1,0 +1,150 @@
+//! Proposal batching on the leader: many client proposals, one raft entry.
+//!
+//! openraft 0.9 waits for each log append to be flushed before it takes the next one, so one
+//! entry per proposal would mean one fsync per proposal. Instead proposals queue here; a
+//! driver task packs everything queued (up to `PROPOSAL_BATCH_BYTES_MAX`) into one entry of
+//! length-delimited `cairnpb.InternalRequest`s and submits it, with at most
+//! `PROPOSAL_BATCHES_IN_FLIGHT_MAX` entries submitted and not yet applied. While those are in
+//! flight the next batch fills up, so the batch grows with the load. Each request keeps its
+//! own revision and result (the state machine applies them in order, the wait registry
+//! delivers each result).
+//!
+//! Hot path: one queue push per proposal, one task per batch, no per-byte allocation beyond
+//! the entry buffer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use openraft::error::ClientWriteError;
+use tokio::sync::{oneshot, Notify, Semaphore};
+
+use crate::error::ConsensusError;
+use crate::limits::{PROPOSAL_BATCHES_IN_FLIGHT_MAX, PROPOSAL_BATCH_BYTES_MAX};
+use crate::types::{Proposal, Raft};
+
+/// How a submitted batch ended, for each proposal in it.
+#[derive(Clone, Copy, Debug)]
+enum Submitted {
+    /// Committed: the state machine hands each proposal its result.
+    Committed,
+    /// Leadership was lost: the entry may or may not commit later.
+    LeaderChanged,
+    Stopped,
+}
+
+type Waiter = (Bytes, oneshot::Sender<Submitted>);
+
+pub struct ProposalBatcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// A std mutex: held for a push or a swap, never across an await.
+    queue: Mutex<Vec<Waiter>>,
+    kick: Notify,
+    closed: AtomicBool,
+}
+
+impl ProposalBatcher {
+    pub fn start(raft: Raft) -> ProposalBatcher {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Vec::new()),
+            kick: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(drive(raft, shared.clone()));
+        ProposalBatcher { shared }
+    }
+
+    /// Submits one encoded `InternalRequest`; resolves once its entry is committed.
+    pub async fn submit(&self, request: Bytes) -> Result<(), ConsensusError> {
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.shared.queue).push((request, sender));
+        self.shared.kick.notify_one();
+        match receiver.await {
+            Ok(Submitted::Committed) => Ok(()),
+            Ok(Submitted::LeaderChanged) => Err(ConsensusError::LeaderChanged),
+            Ok(Submitted::Stopped) | Err(_) => Err(ConsensusError::Stopped),
+        }
+    }
+}
+
+impl Drop for ProposalBatcher {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.kick.notify_one();
+    }
+}
+
+async fn drive(raft: Raft, shared: Arc<Shared>) {
+    let in_flight = Arc::new(Semaphore::new(PROPOSAL_BATCHES_IN_FLIGHT_MAX));
+    loop {
+        let kicked = shared.kick.notified();
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if lock(&shared.queue).is_empty() {
+            kicked.await;
+            continue;
+        }
+        // Wait for room first: what queues up meanwhile joins this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let (entry, waiters) = take_batch(&shared);
+        if waiters.is_empty() {
+            continue;
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let outcome = match raft.client_write(Proposal(entry)).await {
+                Ok(_) => Submitted::Committed,
+                Err(error) => match error.into_api_error() {
+                    Some(ClientWriteError::ForwardToLeader(_)) => Submitted::LeaderChanged,
+                    Some(ClientWriteError::ChangeMembershipError(_)) => Submitted::LeaderChanged,
+                    None => Submitted::Stopped,
+                },
+            };
+            for waiter in waiters {
+                let _ = waiter.send(outcome);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Takes queued proposals up to the batch size and encodes them into one entry payload.
+fn take_batch(shared: &Shared) -> (Bytes, Vec<oneshot::Sender<Submitted>>) {
+    let mut queue = lock(&shared.queue);
+    let mut bytes = 0;
+    let mut count = 0;
+    for (request, _) in queue.iter() {
+        let framed = request.len() + prost::length_delimiter_len(request.len());
+        // A single proposal larger than the limit still goes, alone.
+        if count > 0 && bytes + framed > PROPOSAL_BATCH_BYTES_MAX {
+            break;
+        }
+        bytes += framed;
+        count += 1;
+    }
+    let taken: Vec<Waiter> = queue.drain(..count).collect();
+    if !queue.is_empty() {
+        // The rest goes in the next batch.
+        shared.kick.notify_one();
+    }
+    drop(queue);
+    let mut entry = BytesMut::with_capacity(bytes);
+    let mut waiters = Vec::with_capacity(taken.len());
+    for (request, waiter) in taken {
+        prost::encode_length_delimiter(request.len(), &mut entry)
+            .expect("BytesMut grows as needed");
+        entry.put_slice(&request);
+        waiters.push(waiter);
+    }
+    (entry.freeze(), waiters)
+}
+
+fn lock(queue: &Mutex<Vec<Waiter>>) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
