@@ -153,8 +153,11 @@ impl Replica {
         let raft_config = openraft::Config {
             cluster_name: "cairn".to_string(),
             heartbeat_interval: config.heartbeat_ms,
-            election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            // openraft's voters refuse to vote for `election_timeout_max` after the last
+            // heartbeat (leader lease); campaigns start from half of it, so after a leader
+            // dies the first election that can succeed comes about one timeout later.
+            election_timeout_min: config.election_timeout_ms / 2,
+            election_timeout_max: config.election_timeout_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_count.min(5_000),
             max_payload_entries: crate::limits::APPEND_ENTRIES_MAX,
