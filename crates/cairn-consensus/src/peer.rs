@@ -29,18 +29,18 @@ impl PeerHandler {
     pub async fn handle(&self, request: PeerRequest) -> Result<PeerResponse, raftpb::PeerError> {
         match request {
             PeerRequest::AppendEntries(request) => {
-                let request = wire::append_entries_request_from_pb(request).map_err(invalid)?;
-                let response = self.raft.append_entries(request).await.map_err(stopped)?;
+                let request = wire::append_entries_request_from_pb(request).map_err(failed)?;
+                let response = self.raft.append_entries(request).await.map_err(failed)?;
                 Ok(PeerResponse::AppendEntries(
                     wire::append_entries_response_to_pb(&response),
                 ))
             }
             PeerRequest::Vote(request) => {
                 let request = openraft::raft::VoteRequest {
-                    vote: wire::vote_from_pb(request.vote.as_ref()).map_err(invalid)?,
+                    vote: wire::vote_from_pb(request.vote.as_ref()).map_err(failed)?,
                     last_log_id: wire::option_log_id_from_pb(&request.last_log_id),
                 };
-                let response = self.raft.vote(request).await.map_err(stopped)?;
+                let response = self.raft.vote(request).await.map_err(failed)?;
                 Ok(PeerResponse::Vote(raftpb::VoteResponse {
                     vote: Some(wire::vote_to_pb(&response.vote)),
                     vote_granted: response.vote_granted,
@@ -48,7 +48,7 @@ impl PeerHandler {
                 }))
             }
             PeerRequest::InstallSnapshot(request) => {
-                let request = wire::install_snapshot_request_from_pb(request).map_err(invalid)?;
+                let request = wire::install_snapshot_request_from_pb(request).map_err(failed)?;
                 let response = self
                     .raft
                     .install_snapshot(request)
@@ -208,10 +208,7 @@ pub(crate) fn refused(leader_id: MemberId, message: String) -> raftpb::PeerError
     raftpb::PeerError { leader_id, message }
 }
 
-fn invalid(error: crate::error::WireError) -> raftpb::PeerError {
-    refused(0, error.to_string())
-}
-
-fn stopped(error: impl std::fmt::Display) -> raftpb::PeerError {
+/// A refusal without a leader hint: the message did not decode, or raft is stopping.
+fn failed(error: impl std::fmt::Display) -> raftpb::PeerError {
     refused(0, error.to_string())
 }

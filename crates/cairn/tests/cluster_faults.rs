@@ -15,56 +15,43 @@ use common::workload::Workload;
 
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
-/// Waits until the workload acknowledged `more` further calls: the cluster is serving.
-async fn serving(workload: &Workload, more: usize, what: &str) {
-    let target = workload.acknowledged() + more;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while workload.acknowledged() < target {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cluster stopped serving: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_pause_and_cut_off_lose_no_acknowledged_write() {
     let mut cluster = CairnCluster::start(3).await;
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
     let workload = Workload::start(endpoints, 6, 7);
-    serving(&workload, 50, "before any fault").await;
+    workload.serving(50, "before any fault").await;
 
     tracing::info!("SIGKILL the leader; the others elect a new one and keep serving");
     let leader = cluster.leader(LEADER_WAIT).await;
     cluster.kill9(leader);
-    serving(&workload, 50, "after the leader was killed").await;
+    workload.serving(50, "after the leader was killed").await;
     cluster.restart(leader).await;
-    serving(&workload, 50, "after the old leader restarted").await;
+    workload.serving(50, "after the old leader restarted").await;
 
     tracing::info!("SIGSTOP a follower for two election timeouts, then SIGCONT");
     let leader = cluster.leader(LEADER_WAIT).await;
     let follower = (leader + 1) % 3;
     cluster.pause(follower);
-    serving(&workload, 50, "with a paused follower").await;
+    workload.serving(50, "with a paused follower").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.resume(follower);
 
     tracing::info!("cut the leader off from its peers; the majority elects another");
     let leader = cluster.leader(LEADER_WAIT).await;
     cluster.cut_off(leader);
-    serving(&workload, 50, "with the old leader cut off").await;
+    workload.serving(50, "with the old leader cut off").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.heal();
-    serving(&workload, 50, "after healing").await;
+    workload.serving(50, "after healing").await;
 
     tracing::info!("SIGKILL a follower and restart it");
     let leader = cluster.leader(LEADER_WAIT).await;
     let follower = (leader + 2) % 3;
     cluster.kill9(follower);
-    serving(&workload, 30, "with a follower down").await;
+    workload.serving(30, "with a follower down").await;
     cluster.restart(follower).await;
-    serving(&workload, 30, "after the follower restarted").await;
+    workload.serving(30, "after the follower restarted").await;
 
     let (recorder, calls) = workload.stop().await;
     let history = recorder.history();

@@ -11,24 +11,12 @@ use std::time::Duration;
 use common::cluster::CairnCluster;
 use common::workload::Workload;
 
-async fn serving(workload: &Workload, more: usize, what: &str) {
-    let target = workload.acknowledged() + more;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while workload.acknowledged() < target {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cluster stopped serving: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_joins_is_promoted_and_an_old_member_leaves_under_load() {
     let mut cluster = CairnCluster::start(3).await;
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
     let workload = Workload::start(endpoints, 4, 11);
-    serving(&workload, 100, "before any change").await;
+    workload.serving(100, "before any change").await;
 
     tracing::info!("MemberAdd --learner through a follower; the new member joins");
     let leader = cluster.leader(Duration::from_secs(10)).await;
@@ -44,7 +32,7 @@ async fn learner_joins_is_promoted_and_an_old_member_leaves_under_load() {
         .find(|m| m.id() == learner_id)
         .expect("learner listed");
     assert!(entry.is_learner(), "added as a learner: {entry:?}");
-    serving(&workload, 100, "while the learner catches up").await;
+    workload.serving(100, "while the learner catches up").await;
 
     tracing::info!("the learner catches up, then MemberPromote makes it a voter");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -78,7 +66,7 @@ async fn learner_joins_is_promoted_and_an_old_member_leaves_under_load() {
         format!("m{}", learner + 1),
         "the new member published its name"
     );
-    serving(&workload, 100, "after the promotion").await;
+    workload.serving(100, "after the promotion").await;
 
     tracing::info!("MemberRemove an original member, then stop its process");
     let leaving = (leader + 2) % 3;
@@ -100,7 +88,7 @@ async fn learner_joins_is_promoted_and_an_old_member_leaves_under_load() {
     );
     assert_eq!(listed.members().len(), 3);
     cluster.kill9(leaving);
-    serving(&workload, 100, "after the removal").await;
+    workload.serving(100, "after the removal").await;
 
     let (recorder, _) = workload.stop().await;
     cluster.converged_hash(Duration::from_secs(20)).await;

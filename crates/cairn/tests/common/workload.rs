@@ -57,6 +57,17 @@ impl Workload {
             .count()
     }
 
+    /// Waits until `more` further calls were acknowledged: the cluster is serving. Fails the
+    /// test after 20 s, naming `what` was going on.
+    pub async fn serving(&self, more: usize, what: &str) {
+        let target = self.acknowledged() + more;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.acknowledged() < target {
+            assert!(Instant::now() < deadline, "cluster stopped serving: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the clients; returns the number of calls made.
     pub async fn stop(self) -> (Recorder, u64) {
         self.stop.store(true, Ordering::Release);
