@@ -304,29 +304,29 @@ impl Replica {
         let mut leader = self.leader().await?;
         // A leader hint can be stale once or twice during an election; then give up.
         for _ in 0..3 {
-            let hint = if leader == self.inner.id {
+            if leader == self.inner.id {
                 // A failure may come after the entry was appended (leadership lost before
                 // commit) and a later leader may still commit it: proposing it again would
                 // apply it twice, so the batcher reports the outcome unknown instead.
                 return self.inner.proposals.submit(bytes).await;
-            } else {
-                let request = PeerRequest::Forward(raftpb::ForwardRequest {
-                    request: bytes.clone(),
-                });
-                match self.call_leader(leader, request).await {
-                    Ok(_) => return Ok(()),
-                    // The target does not lead: nothing was appended, retry at its hint.
-                    Err(TransportError::Refused(refusal)) if refusal.leader_id != 0 => {
-                        Some(refusal.leader_id)
-                    }
-                    // It led and failed: the entry may still commit (see above).
-                    Err(TransportError::Refused(_)) => return Err(ConsensusError::LeaderChanged),
-                    Err(error) => return Err(unreachable(leader, error)),
+            }
+            let request = PeerRequest::Forward(raftpb::ForwardRequest {
+                request: bytes.clone(),
+            });
+            let hint = match self.call_leader(leader, request).await {
+                Ok(_) => return Ok(()),
+                // The target does not lead: nothing was appended, retry at its hint.
+                Err(TransportError::Refused(refusal)) if refusal.leader_id != 0 => {
+                    refusal.leader_id
                 }
+                // It led and failed: the entry may still commit (see above).
+                Err(TransportError::Refused(_)) => return Err(ConsensusError::LeaderChanged),
+                Err(error) => return Err(unreachable(leader, error)),
             };
-            leader = match hint {
-                Some(hint) if hint != leader => hint,
-                _ => self.leader().await?,
+            leader = if hint != leader {
+                hint
+            } else {
+                self.leader().await?
             };
         }
         Err(ConsensusError::LeaderChanged)

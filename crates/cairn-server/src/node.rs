@@ -70,7 +70,7 @@ impl Node {
             request_timeout: REQUEST_TIMEOUT,
             synchronous_io: false,
         };
-        let peers = bind_peer_listeners(&config).await?;
+        let peers = bind_listeners(&config.listen_peer_urls).await?;
         let source = peers
             .first()
             .and_then(|listener| listener.local_addr().ok())
@@ -249,9 +249,10 @@ fn initial_members(config: &ServerConfig) -> Result<BTreeMap<u64, Member>, Start
     Ok(members)
 }
 
-async fn bind_peer_listeners(config: &ServerConfig) -> Result<Vec<TcpListener>, StartError> {
+/// Binds one listener per URL (client or peer URLs).
+pub(crate) async fn bind_listeners(urls: &[String]) -> Result<Vec<TcpListener>, StartError> {
     let mut listeners = Vec::new();
-    for url in &config.listen_peer_urls {
+    for url in urls {
         let listener = TcpListener::bind(socket_addr(url)?)
             .await
             .map_err(|source| StartError::Listen {

@@ -5,7 +5,6 @@
 //! node flushes its WAL, applies what was queued, and writes a final snapshot.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
@@ -14,16 +13,15 @@ use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use futures::StreamExt;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::authority::AuthorityFix;
-use crate::config::{socket_addr, ServerConfig};
+use crate::config::ServerConfig;
 use crate::error::StartError;
 use crate::limits::GRPC_OVERHEAD_BYTES;
-use crate::node::Node;
+use crate::node::{bind_listeners, Node};
 use crate::services::cluster::ClusterService;
 use crate::services::kv::KvService;
 use crate::services::lease::LeaseService;
@@ -41,17 +39,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let node = Node::open(config.clone()).await?;
-    let mut listeners = Vec::new();
-    for url in &config.listen_client_urls {
-        let addr: SocketAddr = socket_addr(url)?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                url: url.clone(),
-                source,
-            })?;
-        listeners.push(listener);
-    }
+    let listeners = bind_listeners(&config.listen_client_urls).await?;
     let expiry = tokio::spawn(crate::lease_expiry::run(node.clone()));
     let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new))
         .map(|stream| {
