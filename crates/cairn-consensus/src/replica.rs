@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cairn_mvcc::{ApplyResponse, KvStore, StoreConfig};
 use cairn_proto::cairnpb::internal_request::Request;
-use cairn_proto::cairnpb::InternalRequest;
+use cairn_proto::cairnpb::{AuthInfo, InternalRequest};
 use cairn_proto::raftpb;
 use cairn_storage::snapshot::SnapshotStore;
 use cairn_storage::wal::{Wal, WalStats};
@@ -261,10 +261,13 @@ impl Replica {
     }
 
     /// Replicates `request` and returns its apply result, computed by this member's state
-    /// machine at the revision every member gives it. `max_bytes` bounds the encoded entry.
+    /// machine at the revision every member gives it. `auth` names the client the state
+    /// machine checks permissions for (`None`: the node's own request). `max_bytes` bounds the
+    /// encoded entry.
     pub async fn propose(
         &self,
         request: Request,
+        auth: Option<AuthInfo>,
         now_unix_ms: i64,
         max_bytes: usize,
     ) -> Result<ApplyResponse, ConsensusError> {
@@ -278,6 +281,7 @@ impl Replica {
             now_unix_ms,
             origin_member: self.inner.id,
             proposal_id,
+            auth,
             request: Some(request),
         };
         let bytes = Bytes::from(entry.encode_to_vec());

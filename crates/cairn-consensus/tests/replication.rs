@@ -29,7 +29,12 @@ async fn three_members_agree_on_writes_sent_to_any_of_them() {
     let mut revisions = Vec::new();
     for (round, (id, replica)) in cluster.up().into_iter().enumerate() {
         let response = replica
-            .propose(put(&format!("k{round}"), &format!("from {id}")), 0, 1 << 20)
+            .propose(
+                put(&format!("k{round}"), &format!("from {id}")),
+                None,
+                0,
+                1 << 20,
+            )
             .await
             .unwrap_or_else(|error| panic!("put through member {id}: {error}"));
         let cairn_mvcc::ApplyResponse::Put(put) = response else {

@@ -232,7 +232,7 @@ async fn execute(replica: &Replica, call: &Call) -> Outcome {
 }
 
 async fn propose(replica: &Replica, request: Request) -> Result<ApplyResponse, ConsensusError> {
-    replica.propose(request, 0, 1 << 20).await
+    replica.propose(request, None, 0, 1 << 20).await
 }
 
 /// Election safety: no two members lead in the same term.

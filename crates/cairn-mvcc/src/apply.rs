@@ -1,6 +1,7 @@
 //! The apply pipeline: one log entry in, one result out, deterministically.
 //!
-//! Layers, outermost first (etcd's `uber_applier`): the *quota* layer refuses writes that would
+//! Layers, outermost first (etcd's `uber_applier`): the *auth* layer refuses a client request
+//! its caller may not make (see `auth`); the *quota* layer refuses writes that would
 //! grow the store while the NOSPACE alarm is raised, or that would push it over the quota (and
 //! raises the alarm); then the request is dispatched to its handler. The applied index moves
 //! with every entry, refused or not, because the refusal is itself the entry's result.
@@ -10,9 +11,12 @@ use cairn_proto::cairnpb::InternalRequest;
 use cairn_proto::etcdserverpb::alarm_request::AlarmAction;
 use cairn_proto::etcdserverpb::request_op::Request as Op;
 use cairn_proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse,
-    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutResponse, RequestOp,
-    TxnRequest, TxnResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, AuthDisableResponse, AuthEnableResponse,
+    AuthRoleAddResponse, AuthRoleDeleteResponse, AuthRoleGrantPermissionResponse,
+    AuthRoleRevokePermissionResponse, AuthUserAddResponse, AuthUserChangePasswordResponse,
+    AuthUserDeleteResponse, AuthUserGrantRoleResponse, AuthUserRevokeRoleResponse,
+    AuthenticateResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseKeepAliveResponse, LeaseRevokeResponse, PutResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use cairn_storage::schema::META_APPLIED_INDEX;
 
@@ -32,6 +36,18 @@ pub enum ApplyResponse {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseKeepAlive(LeaseKeepAliveResponse),
     Alarm(AlarmResponse),
+    AuthEnable(AuthEnableResponse),
+    AuthDisable(AuthDisableResponse),
+    Authenticate(AuthenticateResponse),
+    UserAdd(AuthUserAddResponse),
+    UserDelete(AuthUserDeleteResponse),
+    UserChangePassword(AuthUserChangePasswordResponse),
+    UserGrantRole(AuthUserGrantRoleResponse),
+    UserRevokeRole(AuthUserRevokeRoleResponse),
+    RoleAdd(AuthRoleAddResponse),
+    RoleDelete(AuthRoleDeleteResponse),
+    RoleGrantPermission(AuthRoleGrantPermissionResponse),
+    RoleRevokePermission(AuthRoleRevokePermissionResponse),
 }
 
 impl KvStore {
@@ -61,8 +77,9 @@ impl KvStore {
         let results = requests
             .iter()
             .map(|request| {
-                self.apply_quota(request)
-                    .and_then(|()| self.dispatch(request))
+                self.apply_auth(request)
+                    .and_then(|()| self.apply_quota(request))
+                    .and_then(|()| self.dispatch(index, request))
             })
             .collect();
         self.applied_index = index;
@@ -70,28 +87,66 @@ impl KvStore {
         results
     }
 
-    fn dispatch(&mut self, request: &InternalRequest) -> Result<ApplyResponse, MvccError> {
+    fn dispatch(
+        &mut self,
+        index: u64,
+        request: &InternalRequest,
+    ) -> Result<ApplyResponse, MvccError> {
         let now = request.now_unix_ms;
-        match request.request.as_ref().ok_or(MvccError::EmptyRequest)? {
-            Request::Put(put) => self.apply_put(put).map(ApplyResponse::Put),
+        let response = match request.request.as_ref().ok_or(MvccError::EmptyRequest)? {
+            Request::Put(put) => ApplyResponse::Put(self.apply_put(put)?),
             Request::DeleteRange(delete) => {
-                Ok(ApplyResponse::DeleteRange(self.apply_delete_range(delete)))
+                ApplyResponse::DeleteRange(self.apply_delete_range(delete))
             }
-            Request::Txn(txn) => self.apply_txn(txn).map(ApplyResponse::Txn),
-            Request::Compaction(compaction) => self
-                .apply_compaction(compaction)
-                .map(ApplyResponse::Compaction),
-            Request::LeaseGrant(grant) => self
-                .lease_grant(grant.id, grant.ttl, now)
-                .map(ApplyResponse::LeaseGrant),
+            Request::Txn(txn) => ApplyResponse::Txn(self.apply_txn(txn)?),
+            Request::Compaction(compaction) => {
+                ApplyResponse::Compaction(self.apply_compaction(compaction)?)
+            }
+            Request::LeaseGrant(grant) => {
+                ApplyResponse::LeaseGrant(self.lease_grant(grant.id, grant.ttl, now)?)
+            }
             Request::LeaseRevoke(revoke) => {
-                self.lease_revoke(revoke.id).map(ApplyResponse::LeaseRevoke)
+                ApplyResponse::LeaseRevoke(self.lease_revoke(revoke.id)?)
             }
-            Request::LeaseKeepAlive(keep_alive) => self
-                .lease_keep_alive(keep_alive.id, now)
-                .map(ApplyResponse::LeaseKeepAlive),
-            Request::Alarm(alarm) => Ok(ApplyResponse::Alarm(self.apply_alarm(alarm))),
-        }
+            Request::LeaseKeepAlive(keep_alive) => {
+                ApplyResponse::LeaseKeepAlive(self.lease_keep_alive(keep_alive.id, now)?)
+            }
+            Request::Alarm(alarm) => ApplyResponse::Alarm(self.apply_alarm(alarm)),
+            Request::AuthEnable(_) => ApplyResponse::AuthEnable(self.auth_enable()?),
+            Request::AuthDisable(_) => ApplyResponse::AuthDisable(self.auth_disable()),
+            Request::Authenticate(authenticate) => {
+                ApplyResponse::Authenticate(self.authenticate(index, authenticate, now)?)
+            }
+            Request::UserAdd(add) => ApplyResponse::UserAdd(self.user_add(add)?),
+            Request::UserDelete(delete) => ApplyResponse::UserDelete(self.user_delete(delete)?),
+            Request::UserChangePassword(change) => {
+                ApplyResponse::UserChangePassword(self.user_change_password(change)?)
+            }
+            Request::UserGrantRole(grant) => {
+                ApplyResponse::UserGrantRole(self.user_grant_role(grant)?)
+            }
+            Request::UserRevokeRole(revoke) => {
+                ApplyResponse::UserRevokeRole(self.user_revoke_role(revoke)?)
+            }
+            Request::RoleAdd(add) => ApplyResponse::RoleAdd(self.role_add(add)?),
+            Request::RoleDelete(delete) => ApplyResponse::RoleDelete(self.role_delete(delete)?),
+            Request::RoleGrantPermission(grant) => {
+                ApplyResponse::RoleGrantPermission(self.role_grant_permission(grant)?)
+            }
+            Request::RoleRevokePermission(revoke) => {
+                ApplyResponse::RoleRevokePermission(self.role_revoke_permission(revoke)?)
+            }
+        };
+        Ok(response)
+    }
+
+    /// The auth layer: a client request (one that names its caller) must be permitted by the
+    /// auth store as it is at this point of the log. The node's own requests name no caller.
+    fn apply_auth(&self, request: &InternalRequest) -> Result<(), MvccError> {
+        let (Some(caller), Some(inner)) = (&request.auth, &request.request) else {
+            return Ok(());
+        };
+        Ok(self.auth.check_request(&caller.user, inner, &self.leases)?)
     }
 
     /// The quota layer; see the module doc.

@@ -2,6 +2,8 @@
 //! clients (Kubernetes included) match on it; `cairn-server` maps each variant to etcd's gRPC
 //! code in one table.
 
+use crate::auth::AuthError;
+
 /// A request the state machine refused. Refusing never changes state.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MvccError {
@@ -50,4 +52,7 @@ pub enum MvccError {
     /// A log entry with no request in it (a bug or corruption upstream; nothing is applied).
     #[error("etcdserver: empty request")]
     EmptyRequest,
+    /// The auth store refused the request or its caller.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }

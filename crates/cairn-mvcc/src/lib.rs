@@ -1,8 +1,8 @@
 //! cairn-mvcc — the deterministic MVCC key-value state machine behind the etcd API.
 //!
 //! Owns: `apply(index, entry) -> result` for every replicated request, range and txn
-//! evaluation, the key index, compaction, the lease table, the watch event history, alarms and
-//! the storage quota. Must not: do network or disk I/O, read a clock or a global RNG. It writes
+//! evaluation, the key index, compaction, the lease table, the watch event history, alarms,
+//! the storage quota and the auth store. Must not: do network or disk I/O, read a clock or a global RNG. It writes
 //! through `cairn_storage::engine::Engine`; time arrives inside the entries.
 //!
 //! Layout:
@@ -12,9 +12,11 @@
 //! - `range`, `kv`, `txn`, `compaction`, `lease` — the etcd operations.
 //! - `watch` — event history for watchers.
 //! - `apply` — the entry dispatcher with the quota layer; `validate` — stateless request checks.
+//! - `auth` — users, roles, permissions and their checks; simple tokens.
 //! - `hash` — history checksums; `limits`, `error`, `response`.
 
 pub mod apply;
+pub mod auth;
 pub mod compaction;
 pub mod error;
 pub mod hash;

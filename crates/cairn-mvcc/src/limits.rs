@@ -25,3 +25,6 @@ pub const QUOTA_PUT_OVERHEAD_BYTES: u64 = 256;
 
 const _: () = assert!(LEASE_TTL_S_MIN > 0 && LEASE_TTL_S_MIN < LEASE_TTL_S_MAX);
 const _: () = assert!(REQUEST_BYTES_MAX_DEFAULT as u64 <= QUOTA_BACKEND_BYTES_DEFAULT);
+
+/// etcd's default `--auth-token-ttl`: an unused simple token expires after 5 minutes.
+pub const SIMPLE_TOKEN_TTL_MS_DEFAULT: i64 = 300_000;

@@ -17,10 +17,11 @@ use cairn_storage::schema::{
 };
 use prost::Message;
 
+use crate::auth::AuthStore;
 use crate::error::MvccError;
 use crate::index::{KeyRange, TreeIndex};
 use crate::lease::LeaseTable;
-use crate::limits::QUOTA_BACKEND_BYTES_DEFAULT;
+use crate::limits::{QUOTA_BACKEND_BYTES_DEFAULT, SIMPLE_TOKEN_TTL_MS_DEFAULT};
 use crate::revision::Revision;
 
 /// Settings of the state machine that every replica must share.
@@ -30,6 +31,8 @@ pub struct StoreConfig {
     pub quota_backend_bytes: u64,
     /// Member that raises the NOSPACE alarm when a write hits the quota.
     pub member_id: u64,
+    /// How long an unused simple token stays valid (`--auth-token-ttl`).
+    pub simple_token_ttl_ms: i64,
 }
 
 impl Default for StoreConfig {
@@ -37,6 +40,7 @@ impl Default for StoreConfig {
         StoreConfig {
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
             member_id: 0,
+            simple_token_ttl_ms: SIMPLE_TOKEN_TTL_MS_DEFAULT,
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct KvStore {
     pub(crate) applied_index: u64,
     pub(crate) leases: LeaseTable,
     pub(crate) alarms: BTreeSet<Alarm>,
+    pub(crate) auth: AuthStore,
     pub(crate) config: StoreConfig,
 }
 
@@ -69,6 +74,7 @@ impl KvStore {
             applied_index: 0,
             leases: LeaseTable::default(),
             alarms: BTreeSet::new(),
+            auth: AuthStore::new(config.simple_token_ttl_ms),
             config,
         };
         store.restore();
@@ -123,9 +129,10 @@ impl KvStore {
             alarms.insert(decode_alarm_key(key));
             true
         });
+        self.restore_auth();
     }
 
-    fn meta(&self, name: &[u8]) -> Option<i64> {
+    pub(crate) fn meta(&self, name: &[u8]) -> Option<i64> {
         let value = self.engine.get(Bucket::Meta, name)?;
         let bytes: [u8; 8] = value
             .as_ref()

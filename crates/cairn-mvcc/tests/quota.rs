@@ -20,6 +20,7 @@ fn small_store() -> TestStore {
     TestStore::with_config(StoreConfig {
         quota_backend_bytes: QUOTA_BYTES,
         member_id: MEMBER,
+        ..StoreConfig::default()
     })
 }
 

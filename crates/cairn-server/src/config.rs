@@ -8,6 +8,7 @@ use cairn_mvcc::limits::{
     QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT, TXN_OPS_MAX_DEFAULT,
 };
 
+use crate::auth::password::{BCRYPT_COST_DEFAULT, BCRYPT_COST_MAX, BCRYPT_COST_MIN};
 use crate::error::StartError;
 
 /// `--initial-cluster-state`.
@@ -41,6 +42,12 @@ pub struct ServerConfig {
     pub heartbeat_interval_ms: u64,
     /// Follower wait before campaigning, in ms (etcd's `--election-timeout`).
     pub election_timeout_ms: u64,
+    /// Token kind and options (etcd's `--auth-token`): `simple` or `jwt,…`.
+    pub auth_token: String,
+    /// Seconds an unused simple token stays valid (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl_s: u64,
+    /// Cost of password hashing (etcd's `--bcrypt-cost`).
+    pub bcrypt_cost: u32,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +69,9 @@ impl Default for ServerConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
+            auth_token: "simple".into(),
+            auth_token_ttl_s: 300,
+            bcrypt_cost: BCRYPT_COST_DEFAULT,
         }
     }
 }
@@ -99,7 +109,37 @@ impl ServerConfig {
                 "--max-txn-ops, --max-request-bytes and --snapshot-count must be positive".into(),
             ));
         }
+        if !(BCRYPT_COST_MIN..=BCRYPT_COST_MAX).contains(&self.bcrypt_cost) {
+            return Err(StartError::Config(format!(
+                "--bcrypt-cost must be between {BCRYPT_COST_MIN} and {BCRYPT_COST_MAX}"
+            )));
+        }
+        if self.auth_token_ttl_s == 0 {
+            return Err(StartError::Config(
+                "--auth-token-ttl must be positive".into(),
+            ));
+        }
         Ok(())
+    }
+}
+
+/// `500ms`, `10s`, `10m` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(number.saturating_mul(3600))),
+        _ => Err(format!(
+            "unknown unit {unit:?} in {text:?} (use ms, s, m or h)"
+        )),
     }
 }
 

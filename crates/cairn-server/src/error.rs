@@ -2,6 +2,7 @@
 //! codes and messages (etcd's `v3rpc/util.go`).
 
 use cairn_consensus::ConsensusError;
+use cairn_mvcc::auth::AuthError;
 use cairn_mvcc::MvccError;
 use tonic::{Code, Status};
 
@@ -29,6 +30,15 @@ pub enum ServerError {
     /// A membership change was refused.
     #[error("etcdserver: {0}")]
     Membership(String),
+    /// A fault of this member that no client input explains.
+    #[error("etcdserver: internal error: {0}")]
+    Internal(String),
+}
+
+impl From<AuthError> for ServerError {
+    fn from(error: AuthError) -> ServerError {
+        ServerError::Mvcc(error.into())
+    }
 }
 
 impl From<ConsensusError> for ServerError {
@@ -72,6 +82,7 @@ impl From<ServerError> for Status {
                 Code::Unavailable
             }
             ServerError::Membership(_) => Code::FailedPrecondition,
+            ServerError::Internal(_) => Code::Internal,
         };
         Status::new(code, error.to_string())
     }
@@ -94,6 +105,30 @@ fn mvcc_code(error: &MvccError) -> Code {
         MvccError::NoSpace => Code::ResourceExhausted,
         MvccError::LeaseNotFound => Code::NotFound,
         MvccError::LeaseExists => Code::FailedPrecondition,
+        MvccError::Auth(auth) => auth_code(auth),
+    }
+}
+
+/// etcd's codes for auth refusals (`rpctypes/error.go`).
+fn auth_code(error: &AuthError) -> Code {
+    match error {
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::PermissionNotGiven
+        | AuthError::InvalidAuthMgmt
+        | AuthError::AuthOldRevision => Code::InvalidArgument,
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::AuthNotEnabled => Code::FailedPrecondition,
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidAuthToken => Code::Unauthenticated,
     }
 }
 
@@ -121,5 +156,15 @@ mod tests {
             Code::NotFound
         );
         assert_eq!(Status::from(ServerError::Stopped).code(), Code::Unavailable);
+        let status = Status::from(ServerError::from(MvccError::from(
+            AuthError::PermissionDenied,
+        )));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.message(), "etcdserver: permission denied");
+        let status = Status::from(ServerError::from(MvccError::from(
+            AuthError::InvalidAuthToken,
+        )));
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "etcdserver: invalid auth token");
     }
 }

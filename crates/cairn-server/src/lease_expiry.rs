@@ -42,7 +42,7 @@ pub async fn run(node: Node) {
         debug!(count = expired.len(), "revoking expired leases");
         let revokes = expired
             .iter()
-            .map(|id| node.propose(Internal::LeaseRevoke(LeaseRevokeRequest { id: *id })));
+            .map(|id| node.propose_internal(Internal::LeaseRevoke(LeaseRevokeRequest { id: *id })));
         for result in join_all(revokes).await {
             match result {
                 // Revoked by its owner meanwhile: nothing left to do.

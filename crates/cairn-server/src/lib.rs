@@ -10,11 +10,13 @@
 //! - `config` — `ServerConfig`, named after etcd's flags; `identity` — member and cluster ids.
 //! - `node` — open/recover, propose, apply, snapshot, stop.
 //! - `lease_expiry` — the loop that revokes expired leases through the log.
-//! - `services/` — KV, Watch, Lease, Maintenance, Cluster.
+//! - `auth` — tokens (simple, JWT) and password hashing; the checks live in `cairn_mvcc::auth`.
+//! - `services/` — KV, Watch, Lease, Maintenance, Cluster, Auth.
 //! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
 //! - `authority` — accepts clients that send a URL as the HTTP/2 `:authority` (etcdctl 3.4).
 //! - `error`, `limits`.
 
+pub mod auth;
 pub mod authority;
 pub mod config;
 pub mod error;

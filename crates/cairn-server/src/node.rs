@@ -18,13 +18,16 @@ use cairn_consensus::network::tcp::{peer_service, TcpTransport};
 use cairn_consensus::{Member, MemberInfo, Replica, ReplicaConfig, ReplicaStatus};
 use cairn_mvcc::{ApplyResponse, KvStore, StoreConfig};
 use cairn_proto::cairnpb::internal_request::Request;
+use cairn_proto::cairnpb::{AuthInfo, InternalAuthenticateRequest};
 use cairn_proto::etcdserverpb::ResponseHeader;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::metadata::MetadataMap;
 use tracing::{error, info};
 
+use crate::auth::{self, TokenProvider};
 use crate::config::{socket_addr, ClusterState, ServerConfig};
 use crate::error::{ServerError, StartError};
 use crate::identity::{member_id_for, Identity};
@@ -39,6 +42,7 @@ pub struct Node {
 struct NodeInner {
     identity: Identity,
     config: ServerConfig,
+    tokens: TokenProvider,
     replica: Replica,
     stopping: watch::Sender<bool>,
     /// The peer listener; taken and awaited by `stop`.
@@ -49,6 +53,7 @@ impl Node {
     /// Opens the data dir, starts the replica and the peer listener.
     pub async fn open(config: ServerConfig) -> Result<Node, StartError> {
         config.validate()?;
+        let tokens = TokenProvider::from_flag(&config.auth_token)?;
         let member_dir = config.data_dir.join("member");
         std::fs::create_dir_all(&member_dir).map_err(|source| StartError::DataDir {
             path: member_dir.display().to_string(),
@@ -62,6 +67,7 @@ impl Node {
             store: StoreConfig {
                 quota_backend_bytes: config.quota_backend_bytes,
                 member_id: identity.member_id,
+                simple_token_ttl_ms: config.auth_token_ttl_s.saturating_mul(1000) as i64,
             },
             initial_members: initial_members(&config)?,
             heartbeat_ms: config.heartbeat_interval_ms,
@@ -127,6 +133,7 @@ impl Node {
             inner: Arc::new(NodeInner {
                 identity,
                 config,
+                tokens,
                 replica,
                 stopping,
                 peer_server: Mutex::new(Some(peer_server)),
@@ -185,11 +192,71 @@ impl Node {
         *header = Some(self.header(revision));
     }
 
-    /// Proposes `request`: returns once it is committed and applied here, with the result.
-    pub async fn propose(&self, request: Request) -> Result<ApplyResponse, ServerError> {
+    /// Proposes a client's `request`: returns once it is committed and applied here, with the
+    /// result. The state machine checks `caller`'s permissions when it applies the entry.
+    pub async fn propose(
+        &self,
+        caller: &AuthInfo,
+        request: Request,
+    ) -> Result<ApplyResponse, ServerError> {
+        self.submit(Some(caller.clone()), request).await
+    }
+
+    /// Proposes a request of the node itself (lease expiry), which auth never refuses.
+    pub async fn propose_internal(&self, request: Request) -> Result<ApplyResponse, ServerError> {
+        self.submit(None, request).await
+    }
+
+    async fn submit(
+        &self,
+        caller: Option<AuthInfo>,
+        request: Request,
+    ) -> Result<ApplyResponse, ServerError> {
         let max_bytes = self.inner.config.max_request_bytes;
         let replica = &self.inner.replica;
-        Ok(replica.propose(request, now_unix_ms(), max_bytes).await?)
+        Ok(replica
+            .propose(request, caller, now_unix_ms(), max_bytes)
+            .await?)
+    }
+
+    /// Who sent a request, from the token in its metadata (see `crate::auth`).
+    pub fn caller(&self, metadata: &MetadataMap) -> Result<AuthInfo, ServerError> {
+        let store = self.store();
+        auth::resolve(
+            &self.inner.tokens,
+            store.auth(),
+            auth::token_of(metadata),
+            now_unix_ms(),
+        )
+    }
+
+    /// The caller of a request that needs the root role while auth is enabled (maintenance,
+    /// membership changes), or its refusal.
+    pub fn admin(&self, metadata: &MetadataMap) -> Result<AuthInfo, ServerError> {
+        let caller = self.caller(metadata)?;
+        self.store().auth().check_admin(&caller.user)?;
+        Ok(caller)
+    }
+
+    /// A token for `user`, whose password was just checked: a simple token goes through the
+    /// log so that every member knows it; a JWT is signed here.
+    pub async fn issue_token(&self, user: &str) -> Result<String, ServerError> {
+        match &self.inner.tokens {
+            TokenProvider::Simple => {
+                let request = Request::Authenticate(InternalAuthenticateRequest {
+                    name: user.to_string(),
+                    simple_token_prefix: auth::simple_token_prefix(),
+                });
+                match self.propose_internal(request).await? {
+                    ApplyResponse::Authenticate(response) => Ok(response.token),
+                    other => unreachable!("Authenticate answered with {other:?}"),
+                }
+            }
+            TokenProvider::Jwt { signer, ttl } => {
+                let revision = self.store().auth().revision();
+                Ok(auth::sign_jwt(signer, *ttl, user, revision, now_unix_ms()))
+            }
+        }
     }
 
     /// Waits until a read of the local store is linearizable (etcd's ReadIndex).

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use cairn_proto::etcdserverpb::auth_server::AuthServer;
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
@@ -22,6 +23,7 @@ use crate::config::ServerConfig;
 use crate::error::StartError;
 use crate::limits::GRPC_OVERHEAD_BYTES;
 use crate::node::{bind_listeners, Node};
+use crate::services::auth::AuthService;
 use crate::services::cluster::ClusterService;
 use crate::services::kv::KvService;
 use crate::services::lease::LeaseService;
@@ -72,6 +74,7 @@ pub async fn run(
                 .max_decoding_message_size(message_bytes_max),
         )
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+        .add_service(AuthServer::new(AuthService::new(node.clone())))
         .add_service(
             MaintenanceServer::new(MaintenanceService::new(node.clone()))
                 .max_decoding_message_size(message_bytes_max)

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::bucket_map::BucketMap;
 use crate::engine::{Engine, EngineError, WriteBatch, WriteOp};
-use crate::schema::{Bucket, SCHEMA_VERSION};
+use crate::schema::{Bucket, SCHEMA_VERSION, SCHEMA_VERSION_MIN};
 
 const MAGIC: &[u8; 8] = b"CAIRNENG";
 
@@ -59,7 +59,7 @@ impl MemoryEngine {
             return Err(EngineError::BadMagic);
         }
         let version = reader.u32()?;
-        if version != SCHEMA_VERSION {
+        if !(SCHEMA_VERSION_MIN..=SCHEMA_VERSION).contains(&version) {
             return Err(EngineError::SchemaVersion {
                 found: version,
                 expected: SCHEMA_VERSION,
@@ -68,7 +68,10 @@ impl MemoryEngine {
         let mut engine = MemoryEngine::new();
         // Every bucket is written, in id order, so a snapshot cut at a bucket boundary is
         // still refused.
-        for expected in Bucket::ALL {
+        let present = Bucket::ALL
+            .into_iter()
+            .filter(|bucket| bucket.since_version() <= version);
+        for expected in present {
             let id = reader.take(1)?[0];
             let bucket = Bucket::from_id(id).ok_or(EngineError::UnknownBucket(id))?;
             if bucket != expected {

@@ -10,11 +10,16 @@
 //! | `Lease` | 3 | 8-byte BE lease id | `cairnpb.LeaseRecord` |
 //! | `Alarm` | 4 | 8-byte BE member id, 4-byte BE alarm type | empty |
 //! | `Consensus` | 5 | [`CONSENSUS_APPLIED_STATE`] | `raftpb.AppliedState` (opaque here) |
+//! | `AuthUser` | 6 | user name | `authpb.User` (password as a bcrypt hash) |
+//! | `AuthRole` | 7 | role name | `authpb.Role` |
 //!
-//! Version 2 added the `Consensus` bucket.
+//! Version 2 added the `Consensus` bucket; version 3 the auth buckets and the `META_AUTH_*`
+//! scalars. A newer build reads older snapshots (their missing buckets are empty).
 
 /// Version of the layout described above; written into every snapshot.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+/// Oldest layout this build still reads.
+pub const SCHEMA_VERSION_MIN: u32 = 2;
 
 /// A named keyspace inside an engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,17 +36,31 @@ pub enum Bucket {
     /// What the consensus layer persists with the data (last applied log id, membership), so
     /// that a snapshot of the engine is a snapshot of the replica.
     Consensus = 5,
+    /// Users of the auth store (etcd's `authUsers` bucket).
+    AuthUser = 6,
+    /// Roles of the auth store (etcd's `authRoles` bucket).
+    AuthRole = 7,
 }
 
 impl Bucket {
     /// Every bucket, in id order.
-    pub const ALL: [Bucket; 5] = [
+    pub const ALL: [Bucket; 7] = [
         Bucket::Key,
         Bucket::Meta,
         Bucket::Lease,
         Bucket::Alarm,
         Bucket::Consensus,
+        Bucket::AuthUser,
+        Bucket::AuthRole,
     ];
+
+    /// The schema version that introduced the bucket.
+    pub fn since_version(self) -> u32 {
+        match self {
+            Bucket::Key | Bucket::Meta | Bucket::Lease | Bucket::Alarm | Bucket::Consensus => 2,
+            Bucket::AuthUser | Bucket::AuthRole => 3,
+        }
+    }
 
     /// The bucket with numeric id `id`, if there is one.
     pub fn from_id(id: u8) -> Option<Bucket> {
@@ -60,6 +79,10 @@ pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Current store revision (needed when the newest revisions were compacted away).
 pub const META_CURRENT_REVISION: &[u8] = b"current_revision";
+/// 1 while authentication is enabled (etcd's `authEnabled` flag).
+pub const META_AUTH_ENABLED: &[u8] = b"auth_enabled";
+/// The auth store's revision: bumped by every change of users, roles or the enabled flag.
+pub const META_AUTH_REVISION: &[u8] = b"auth_revision";
 /// The one key of the `Consensus` bucket.
 pub const CONSENSUS_APPLIED_STATE: &[u8] = b"applied_state";
 
@@ -74,6 +97,9 @@ mod tests {
             assert_eq!(bucket.slot(), slot);
         }
         assert_eq!(Bucket::from_id(0), None);
-        assert_eq!(Bucket::from_id(6), None);
+        assert_eq!(Bucket::from_id(8), None);
+        assert!(Bucket::ALL
+            .iter()
+            .all(|bucket| bucket.since_version() <= SCHEMA_VERSION));
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_bench::kv::KvBenchArgs;
+use cairn_server::config::parse_duration;
 use cairn_server::{ClusterState, ServerConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -108,29 +109,19 @@ struct ServeArgs {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
+    /// Token kind: `simple`, or `jwt,priv-key=FILE,sign-method=HS256[,ttl=5m]` (HMAC key file;
+    /// HS256, HS384 or HS512).
+    #[arg(long, default_value = "simple")]
+    auth_token: String,
+    /// Seconds an unused simple token stays valid.
+    #[arg(long, default_value_t = 300)]
+    auth_token_ttl: u64,
+    /// Cost of bcrypt password hashing (4..=31); lower is faster and weaker.
+    #[arg(long, default_value_t = 10)]
+    bcrypt_cost: u32,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `cairn_server=debug`.
     #[arg(long, default_value = "info", env = "CAIRN_LOG")]
     log_level: String,
-}
-
-/// `500ms`, `10s`, `10m` or plain seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "" | "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        "h" => Ok(Duration::from_secs(number * 3600)),
-        _ => Err(format!(
-            "unknown unit {unit:?} in {text:?} (use ms, s, m or h)"
-        )),
-    }
 }
 
 impl ServeArgs {
@@ -159,6 +150,9 @@ impl ServeArgs {
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+            auth_token: self.auth_token,
+            auth_token_ttl_s: self.auth_token_ttl,
+            bcrypt_cost: self.bcrypt_cost,
         }
     }
 }

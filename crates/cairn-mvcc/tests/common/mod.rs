@@ -14,7 +14,7 @@ use cairn_mvcc::revision::Revision;
 use cairn_mvcc::watch::{WatchFilter, WatchRead};
 use cairn_mvcc::{ApplyResponse, KvStore, MvccError, StoreConfig};
 use cairn_proto::cairnpb::internal_request::Request;
-use cairn_proto::cairnpb::InternalRequest;
+use cairn_proto::cairnpb::{AuthInfo, InternalRequest};
 use cairn_proto::etcdserverpb::alarm_request::AlarmAction;
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::request_op::Request as Op;
@@ -76,9 +76,26 @@ impl TestStore {
 
     /// Applies `request` as the next log entry and checks the store's invariants.
     pub fn apply(&mut self, request: Request) -> Result<ApplyResponse, MvccError> {
+        self.apply_entry(None, request)
+    }
+
+    /// Applies `request` as a client request from `user` ("" = a client without a token).
+    pub fn apply_as(&mut self, user: &str, request: Request) -> Result<ApplyResponse, MvccError> {
+        let caller = AuthInfo {
+            user: user.to_string(),
+        };
+        self.apply_entry(Some(caller), request)
+    }
+
+    fn apply_entry(
+        &mut self,
+        auth: Option<AuthInfo>,
+        request: Request,
+    ) -> Result<ApplyResponse, MvccError> {
         let index = self.store.applied_index() + 1;
         let entry = InternalRequest {
             now_unix_ms: self.now_ms,
+            auth,
             request: Some(request),
             ..Default::default()
         };

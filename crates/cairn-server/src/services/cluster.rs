@@ -77,6 +77,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        // Membership changes need the root role while auth is enabled (etcd 3.5).
+        self.node.admin(request.metadata())?;
         let request = request.into_inner();
         check_peer_urls(&request.peer_ur_ls)?;
         let id = member_id_for(
@@ -124,6 +126,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        // Membership changes need the root role while auth is enabled (etcd 3.5).
+        self.node.admin(request.metadata())?;
         let id = request.into_inner().id;
         self.member(id)?;
         self.change(MembershipChange::Remove(id)).await?;
@@ -137,6 +141,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        // Membership changes need the root role while auth is enabled (etcd 3.5).
+        self.node.admin(request.metadata())?;
         let request = request.into_inner();
         check_peer_urls(&request.peer_ur_ls)?;
         let mut member = self.member(request.id)?.member;
@@ -163,6 +169,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        // Membership changes need the root role while auth is enabled (etcd 3.5).
+        self.node.admin(request.metadata())?;
         let id = request.into_inner().id;
         if !self.member(id)?.is_learner {
             return Err(Status::failed_precondition(

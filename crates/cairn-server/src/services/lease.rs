@@ -5,7 +5,9 @@
 
 use cairn_mvcc::validate;
 use cairn_mvcc::MvccError;
+use cairn_proto::authpb::permission::Type as PermType;
 use cairn_proto::cairnpb::internal_request::Request as Internal;
+use cairn_proto::cairnpb::AuthInfo;
 use cairn_proto::etcdserverpb::lease_server::Lease;
 use cairn_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -40,9 +42,13 @@ fn random_lease_id() -> i64 {
 }
 
 /// One keep-alive: renews through the log; an unknown lease answers TTL 0, as etcd.
-async fn keep_alive(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, ServerError> {
+async fn keep_alive(
+    node: &Node,
+    caller: &AuthInfo,
+    id: i64,
+) -> Result<LeaseKeepAliveResponse, ServerError> {
     let request = Internal::LeaseKeepAlive(LeaseKeepAliveRequest { id });
-    let mut response = match node.propose(request).await {
+    let mut response = match node.propose(caller, request).await {
         Ok(result) => expect_response!(result, LeaseKeepAlive),
         Err(ServerError::Mvcc(MvccError::LeaseNotFound)) => {
             let revision = node.store().current_revision();
@@ -64,20 +70,23 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let caller = self.node.caller(request.metadata())?;
         let mut request = request.into_inner();
         validate::check_lease_grant(&request).map_err(ServerError::from)?;
         if request.id == 0 {
             request.id = random_lease_id();
         }
-        propose_reply!(self.node, Internal::LeaseGrant(request), LeaseGrant)
+        propose_reply!(self.node, caller, Internal::LeaseGrant(request), LeaseGrant)
     }
 
     async fn lease_revoke(
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = self.node.caller(request.metadata())?;
         propose_reply!(
             self.node,
+            caller,
             Internal::LeaseRevoke(request.into_inner()),
             LeaseRevoke
         )
@@ -89,6 +98,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        // The stream's token is checked once, when it opens (etcd does the same); each renewal
+        // is then checked against the lease's keys when it is applied.
+        let caller = self.node.caller(request.metadata())?;
         let mut inbound = request.into_inner();
         let (out, responses) = mpsc::channel(KEEPALIVE_RESPONSES_QUEUED_MAX);
         let node = self.node.clone();
@@ -100,7 +112,9 @@ impl Lease for LeaseService {
                     _ = until_stopping(&mut stopping) => break,
                 };
                 let Ok(Some(request)) = message else { break };
-                let reply = keep_alive(&node, request.id).await.map_err(Status::from);
+                let reply = keep_alive(&node, &caller, request.id)
+                    .await
+                    .map_err(Status::from);
                 let failed = reply.is_err();
                 if out.send(reply).await.is_err() || failed {
                     break;
@@ -114,11 +128,23 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = self.node.caller(request.metadata())?;
         let request = request.into_inner();
-        let mut response =
-            self.node
-                .store()
-                .lease_time_to_live(request.id, request.keys, now_unix_ms());
+        let mut response = {
+            let store = self.node.store();
+            // Listing a lease's keys reveals their names: it needs read on each of them.
+            if request.keys {
+                if let Some(lease) = store.leases().get(request.id) {
+                    for key in &lease.keys {
+                        store
+                            .auth()
+                            .check_range(&caller.user, key, &[], PermType::Read)
+                            .map_err(ServerError::from)?;
+                    }
+                }
+            }
+            store.lease_time_to_live(request.id, request.keys, now_unix_ms())
+        };
         self.node.fill_header(&mut response.header);
         Ok(Response::new(response))
     }

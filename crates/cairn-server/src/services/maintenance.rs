@@ -41,7 +41,13 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        propose_reply!(self.node, Internal::Alarm(request.into_inner()), Alarm)
+        let caller = self.node.caller(request.metadata())?;
+        propose_reply!(
+            self.node,
+            caller,
+            Internal::Alarm(request.into_inner()),
+            Alarm
+        )
     }
 
     async fn status(
@@ -74,8 +80,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.node.admin(request.metadata())?;
         // The memory engine frees space as soon as compaction deletes records.
         let revision = self.node.store().current_revision();
         Ok(Response::new(DefragmentResponse {
@@ -83,7 +90,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.node.admin(request.metadata())?;
         let store = self.node.store();
         let hash = store.hash_kv(0).map_err(ServerError::from)?;
         let header = Some(self.node.header(store.current_revision()));
@@ -97,6 +105,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.node.admin(request.metadata())?;
         let store = self.node.store();
         let hash = store
             .hash_kv(request.into_inner().revision)
@@ -119,8 +128,9 @@ impl Maintenance for MaintenanceService {
     /// page-aligned), then the SHA-256 of the body.
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.node.admin(request.metadata())?;
         let (data, revision) = {
             let store = self.node.store();
             (
@@ -160,6 +170,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.node.admin(request.metadata())?;
         if request.into_inner().target_id != self.node.identity().member_id {
             return Err(Status::new(
                 Code::FailedPrecondition,

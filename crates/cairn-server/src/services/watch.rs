@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use cairn_mvcc::index::KeyRange;
 use cairn_mvcc::watch::{WatchFilter, WatchRead};
+use cairn_proto::authpb::permission::Type as PermType;
+use cairn_proto::cairnpb::AuthInfo;
 use cairn_proto::etcdserverpb::watch_create_request::FilterType;
 use cairn_proto::etcdserverpb::watch_request::RequestUnion;
 use cairn_proto::etcdserverpb::watch_server::Watch;
@@ -24,6 +26,9 @@ use crate::node::{until_stopping, Node};
 
 /// Id etcd uses for responses that belong to no single watcher (progress replies, refusals).
 const NO_WATCH_ID: i64 = -1;
+/// etcd puts the text of its gRPC permission error in the refused watch's cancel reason.
+const PERMISSION_DENIED_REASON: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 pub struct WatchService {
     node: Node,
@@ -43,9 +48,11 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.node.caller(request.metadata())?;
         let (out, responses) = mpsc::channel(WATCH_RESPONSES_QUEUED_MAX);
         let stream = WatchStream {
             node: self.node.clone(),
+            caller,
             watchers: BTreeMap::new(),
             next_id: 0,
             out,
@@ -70,6 +77,8 @@ struct Gone;
 
 struct WatchStream {
     node: Node,
+    /// Who opened the stream; each watch it creates needs read permission on its range.
+    caller: AuthInfo,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
@@ -144,14 +153,31 @@ impl WatchStream {
         let empty_range =
             matches!(&range, KeyRange::Span { start, end: Some(end) } if start >= end);
         let duplicate = create.watch_id != 0 && self.watchers.contains_key(&create.watch_id);
-        if empty_range || duplicate {
+        let permitted = self
+            .node
+            .store()
+            .auth()
+            .check_range(
+                &self.caller.user,
+                &create.key,
+                &create.range_end,
+                PermType::Read,
+            )
+            .is_ok();
+        let refusal = if !permitted {
+            Some(PERMISSION_DENIED_REASON)
+        } else if empty_range {
+            Some("mvcc: watcher range is empty")
+        } else if duplicate {
+            Some("mvcc: duplicate watch ID provided on the WatchStream")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             let mut response = self.response(NO_WATCH_ID, current);
             response.created = true;
             response.canceled = true;
-            response.cancel_reason = match empty_range {
-                true => "mvcc: watcher range is empty".into(),
-                false => "mvcc: duplicate watch ID provided on the WatchStream".into(),
-            };
+            response.cancel_reason = reason.into();
             return self.send(response).await;
         }
         let watch_id = match create.watch_id {
