@@ -10,7 +10,8 @@
 //! - `config` — `ServerConfig`, named after etcd's flags; `identity` — member and cluster ids.
 //! - `node` — open/recover, propose, apply, snapshot, stop.
 //! - `lease_expiry` — the loop that revokes expired leases through the log.
-//! - `services/` — KV, Watch, Lease, Maintenance, Cluster.
+//! - `services/` — KV, Watch, Lease, Maintenance, Cluster, Election, Lock (the last two on
+//!   `services/concurrency`, etcd's lock/election recipes run on the server).
 //! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
 //! - `authority` — accepts clients that send a URL as the HTTP/2 `:authority` (etcdctl 3.4).
 //! - `error`, `limits`.
