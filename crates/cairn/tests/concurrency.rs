@@ -19,7 +19,7 @@ use cairn_proto::v3electionpb::{
 use cairn_proto::v3lockpb::lock_client::LockClient;
 use cairn_proto::v3lockpb::{LockRequest, UnlockRequest};
 use common::cluster::CairnCluster;
-use common::{channel, require_tool, wait_until, Cairn, Etcd};
+use common::{channel, etcdctl_command, require_tool, wait_until, Cairn, Etcd};
 use etcd_client::{GetOptions, LockOptions, ProclaimOptions, ResignOptions};
 use tokio::sync::mpsc;
 
@@ -43,6 +43,30 @@ async fn queue(client: &mut etcd_client::Client, prefix: &str) -> Vec<etcd_clien
     response.kvs().to_vec()
 }
 
+/// Waits until `count` keys are queued under `prefix`.
+async fn wait_queued(client: &etcd_client::Client, prefix: &str, count: usize) {
+    let what = format!("{count} keys queued under {prefix}");
+    wait_until(&what, PROMPT, || {
+        let mut client = client.clone();
+        async move { queue(&mut client, prefix).await.len() == count }
+    })
+    .await;
+}
+
+/// A `Lock` call of its own, so the test can watch it wait.
+fn spawn_lock(
+    client: etcd_client::LockClient,
+    name: &'static str,
+    lease: i64,
+) -> tokio::task::JoinHandle<Result<etcd_client::LockResponse, etcd_client::Error>> {
+    let mut client = client;
+    tokio::spawn(async move {
+        client
+            .lock(name, Some(LockOptions::new().with_lease(lease)))
+            .await
+    })
+}
+
 /// An `etcdctl` process whose stdout lines arrive on a channel.
 struct Etcdctl {
     child: Child,
@@ -51,9 +75,7 @@ struct Etcdctl {
 
 impl Etcdctl {
     fn spawn(tool: &Path, endpoint: &str, args: &[&str]) -> Etcdctl {
-        let mut child = Command::new(tool)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
+        let mut child = etcdctl_command(tool, endpoint)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -125,11 +147,8 @@ fn increment_concurrently(
         .map(|_| {
             let mut command = match lock {
                 Some(name) => {
-                    let mut command = Command::new(tool);
-                    command
-                        .env("ETCDCTL_API", "3")
-                        .arg(format!("--endpoints={endpoint}"))
-                        .args(["lock", name, "--", "sh", "-c", &script]);
+                    let mut command = etcdctl_command(tool, endpoint);
+                    command.args(["lock", name, "--", "sh", "-c", &script]);
                     command
                 }
                 None => {
@@ -207,18 +226,8 @@ async fn lock_service_blocks_until_release_expiry_or_cancel() {
     };
     {
         tracing::info!("B queues behind A and stays blocked until A unlocks");
-        let mut b_client = client.clone();
-        let mut b = tokio::spawn(async move {
-            b_client
-                .lock("biglock", Some(LockOptions::new().with_lease(lease_b)))
-                .await
-        });
-        let mut watcher = client.clone();
-        wait_until("B's key queued", PROMPT, || {
-            let mut watcher = watcher.clone();
-            async move { queue(&mut watcher, "biglock/").await.len() == 2 }
-        })
-        .await;
+        let mut b = spawn_lock(client.lock_client(), "biglock", lease_b);
+        wait_queued(&client, "biglock/", 2).await;
         let early = tokio::time::timeout(Duration::from_millis(500), &mut b).await;
         assert!(early.is_err(), "B got the lock while A held it: {early:?}");
         client.unlock(held.clone()).await.unwrap();
@@ -227,7 +236,7 @@ async fn lock_service_blocks_until_release_expiry_or_cancel() {
             .expect("B locks after A's unlock");
         let locked = locked.expect("task").expect("B's lock");
         assert_eq!(locked.key(), format!("biglock/{lease_b:x}").as_bytes());
-        let owners = queue(&mut watcher, "biglock/").await;
+        let owners = queue(&mut client, "biglock/").await;
         assert_eq!(owners.len(), 1, "A's key is gone, B's holds the lock");
         client.unlock(locked.key().to_vec()).await.unwrap();
     }
@@ -245,12 +254,7 @@ async fn lock_service_blocks_until_release_expiry_or_cancel() {
         )
         .await;
         assert!(gave_up.is_err(), "B should have been waiting");
-        let watcher = client.clone();
-        wait_until("the cancelled waiter's key deleted", PROMPT, || {
-            let mut watcher = watcher.clone();
-            async move { queue(&mut watcher, "biglock/").await.len() == 1 }
-        })
-        .await;
+        wait_queued(&client, "biglock/", 1).await;
         let ttl = client
             .lease_time_to_live(lease_b, None)
             .await
@@ -308,29 +312,15 @@ async fn etcdctl_lock_holder_blocks_lock_service_until_its_lease_expires() {
 
     tracing::info!("etcdctl (client-side recipe) holds the lock and prints its key");
     let mut holder = Etcdctl::spawn(&tool, &cairn.host_port(), &["lock", "shared", "--ttl=2"]);
-    let watcher = client.clone();
-    wait_until("etcdctl holds the lock", PROMPT, || {
-        let mut watcher = watcher.clone();
-        async move { queue(&mut watcher, "shared/").await.len() == 1 }
-    })
-    .await;
+    wait_queued(&client, "shared/", 1).await;
     let holder_key = queue(&mut client, "shared/").await[0].key().to_vec();
     holder
         .expect_line(&String::from_utf8_lossy(&holder_key))
         .await;
 
     tracing::info!("the Lock service queues behind it; SIGKILL etcdctl, its 2 s lease expires");
-    let mut lock_client = client.clone();
-    let mut waiter = tokio::spawn(async move {
-        lock_client
-            .lock("shared", Some(LockOptions::new().with_lease(lease)))
-            .await
-    });
-    wait_until("the service's waiter queued", PROMPT, || {
-        let mut watcher = watcher.clone();
-        async move { queue(&mut watcher, "shared/").await.len() == 2 }
-    })
-    .await;
+    let mut waiter = spawn_lock(client.lock_client(), "shared", lease);
+    wait_queued(&client, "shared/", 2).await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), &mut waiter)
             .await
@@ -366,12 +356,7 @@ async fn etcdctl_elect_leads_queues_observes_and_hands_over() {
     let mut observer = Etcdctl::spawn(&tool, &endpoint, &["elect", "-l", "myelection"]);
     observer.expect_line("candidate-a").await;
     let mut b = Etcdctl::spawn(&tool, &endpoint, &["elect", "myelection", "candidate-b"]);
-    let watcher = client.clone();
-    wait_until("candidate-b queued", PROMPT, || {
-        let mut watcher = watcher.clone();
-        async move { queue(&mut watcher, "myelection/").await.len() == 2 }
-    })
-    .await;
+    wait_queued(&client, "myelection/", 2).await;
     let leader = client.election_client().leader("myelection").await.unwrap();
     assert_eq!(leader.kv().map(|kv| kv.value()), Some(&b"candidate-a"[..]));
     assert!(
@@ -436,15 +421,7 @@ async fn election_service_round_trip_and_refusals() {
         let mut election = election.clone();
         tokio::spawn(async move { election.campaign("e", "w1", lease_2).await })
     };
-    let kv = client.kv_client();
-    wait_until("candidate 2 queued", PROMPT, || {
-        let mut kv = kv.clone();
-        async move {
-            let options = GetOptions::new().with_prefix().with_count_only();
-            kv.get("e/", Some(options)).await.unwrap().count() == 2
-        }
-    })
-    .await;
+    wait_queued(&client, "e/", 2).await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), &mut campaign_2)
             .await
@@ -566,13 +543,8 @@ async fn lock_and_campaign_work_through_every_member_of_a_cluster() {
         )
         .await
         .unwrap();
-    let mut lock_2 = clients[2].lock_client();
     let lease_2 = leases[2];
-    let mut waiter = tokio::spawn(async move {
-        lock_2
-            .lock("cluster-lock", Some(LockOptions::new().with_lease(lease_2)))
-            .await
-    });
+    let mut waiter = spawn_lock(clients[2].lock_client(), "cluster-lock", lease_2);
     assert!(
         tokio::time::timeout(Duration::from_millis(500), &mut waiter)
             .await

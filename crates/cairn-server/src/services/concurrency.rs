@@ -11,7 +11,7 @@
 //! local store at each applied revision (etcd watches the key on the member it talks to).
 //! Deletions are final, so a condition seen true on this member stays true everywhere.
 
-use cairn_mvcc::index::KeyRange;
+use cairn_mvcc::index::{prefix_end, KeyRange};
 use cairn_mvcc::watch::{WatchFilter, WatchRead};
 use cairn_proto::cairnpb::internal_request::Request as Internal;
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -23,6 +23,7 @@ use cairn_proto::etcdserverpb::{
 };
 use cairn_proto::mvccpb::{Event, KeyValue};
 use tokio::sync::watch;
+use tonic::{Response, Status};
 
 use crate::error::ServerError;
 use crate::limits::WATCH_EVENTS_PER_RESPONSE_MAX;
@@ -49,18 +50,6 @@ fn waiter_key(prefix: &[u8], lease: i64) -> Vec<u8> {
     key
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's `GetPrefixRangeEnd`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// The key under `prefix` created first (`first = true`) or last, with create revision at most
 /// `max_create_revision` (0: any): etcd's `WithFirstCreate` / `WithLastCreate` reads.
 fn edge_created(prefix: &[u8], first: bool, max_create_revision: i64) -> RangeRequest {
@@ -85,6 +74,13 @@ pub(crate) fn get(key: &[u8]) -> RangeRequest {
         key: key.to_vec(),
         ..Default::default()
     }
+}
+
+/// The answer of a Lock or Election RPC, a refusal in the form etcd gives these services.
+pub(crate) fn reply<T>(result: Result<T, ServerError>) -> Result<Response<T>, Status> {
+    result
+        .map(Response::new)
+        .map_err(ServerError::into_recipe_status)
 }
 
 /// A txn that only applies while `key` still has create revision `create_revision` (0: while
@@ -362,12 +358,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_and_ranges_follow_etcd() {
+    fn waiter_keys_follow_etcd() {
         assert_eq!(queue_prefix(b"lock"), b"lock/");
         assert_eq!(waiter_key(b"lock/", 0x694d7a), b"lock/694d7a");
         assert_eq!(waiter_key(b"lock/", -1), b"lock/-1");
-        assert_eq!(prefix_end(b"lock/"), b"lock0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
 }

@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 use crate::error::ServerError;
 use crate::limits::OBSERVE_RESPONSES_QUEUED_MAX;
 use crate::node::{until_stopping, Node};
-use crate::services::concurrency::{self, HistoryWatch, Withdraw};
+use crate::services::concurrency::{self, reply, HistoryWatch, Withdraw};
 
 pub struct ElectionService {
     node: Node,
@@ -202,30 +202,21 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        let response = campaign(&self.node, request.into_inner()).await;
-        Ok(Response::new(
-            response.map_err(ServerError::into_recipe_status)?,
-        ))
+        reply(campaign(&self.node, request.into_inner()).await)
     }
 
     async fn proclaim(
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        let response = proclaim(&self.node, request.into_inner()).await;
-        Ok(Response::new(
-            response.map_err(ServerError::into_recipe_status)?,
-        ))
+        reply(proclaim(&self.node, request.into_inner()).await)
     }
 
     async fn leader(
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let response = leader(&self.node, request.into_inner()).await;
-        Ok(Response::new(
-            response.map_err(ServerError::into_recipe_status)?,
-        ))
+        reply(leader(&self.node, request.into_inner()).await)
     }
 
     type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
@@ -254,9 +245,6 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let response = resign(&self.node, request.into_inner()).await;
-        Ok(Response::new(
-            response.map_err(ServerError::into_recipe_status)?,
-        ))
+        reply(resign(&self.node, request.into_inner()).await)
     }
 }

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
 use crate::node::Node;
-use crate::services::concurrency::{self, Withdraw};
+use crate::services::concurrency::{self, reply, Withdraw};
 
 pub struct LockService {
     node: Node,
@@ -96,19 +96,13 @@ async fn unlock(node: &Node, key: Vec<u8>) -> Result<UnlockResponse, ServerError
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let response = lock(&self.node, request.into_inner()).await;
-        Ok(Response::new(
-            response.map_err(ServerError::into_recipe_status)?,
-        ))
+        reply(lock(&self.node, request.into_inner()).await)
     }
 
     async fn unlock(
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let response = unlock(&self.node, request.into_inner().key).await;
-        Ok(Response::new(
-            response.map_err(ServerError::into_recipe_status)?,
-        ))
+        reply(unlock(&self.node, request.into_inner().key).await)
     }
 }
