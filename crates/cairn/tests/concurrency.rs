@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::v3electionpb::election_client::ElectionClient;
 use cairn_proto::v3electionpb::{
-    LeaderKey as PbLeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
+    CampaignRequest, LeaderKey as PbLeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
 };
 use cairn_proto::v3lockpb::lock_client::LockClient;
 use cairn_proto::v3lockpb::{LockRequest, UnlockRequest};
@@ -579,6 +579,13 @@ async fn lock_and_campaign_work_through_every_member_of_a_cluster() {
     }
 }
 
+fn outcome<T>(result: Result<tonic::Response<T>, tonic::Status>) -> (tonic::Code, String) {
+    match result {
+        Ok(_) => (tonic::Code::Ok, String::new()),
+        Err(status) => (status.code(), status.message().to_string()),
+    }
+}
+
 /// Raw Lock/Election calls whose answers can be compared between etcd and Cairn.
 async fn refusals(endpoint: &str) -> Vec<(tonic::Code, String)> {
     let mut lock = LockClient::new(channel(endpoint).await);
@@ -589,54 +596,59 @@ async fn refusals(endpoint: &str) -> Vec<(tonic::Code, String)> {
         rev: 99,
         lease: 0x1234,
     };
-    let results = vec![
-        lock.lock(LockRequest {
-            name: b"l".to_vec(),
-            lease: 0x7777,
-        })
-        .await
-        .map(|_| ()),
-        lock.unlock(UnlockRequest { key: Vec::new() })
-            .await
-            .map(|_| ()),
-        election
-            .leader(LeaderRequest {
-                name: b"nobody".to_vec(),
+    let keyless = PbLeaderKey {
+        key: Vec::new(),
+        ..stale.clone()
+    };
+    let proclaim = |leader| ProclaimRequest {
+        leader,
+        value: b"v".to_vec(),
+    };
+    let no_lease = 0x7777;
+    vec![
+        outcome(
+            lock.lock(LockRequest {
+                name: b"l".to_vec(),
+                lease: no_lease,
             })
-            .await
-            .map(|_| ()),
-        election
-            .proclaim(ProclaimRequest {
-                leader: None,
-                value: b"v".to_vec(),
-            })
-            .await
-            .map(|_| ()),
-        election
-            .proclaim(ProclaimRequest {
-                leader: Some(stale.clone()),
-                value: b"v".to_vec(),
-            })
-            .await
-            .map(|_| ()),
-        election
-            .resign(ResignRequest { leader: None })
-            .await
-            .map(|_| ()),
-        election
-            .resign(ResignRequest {
-                leader: Some(stale),
-            })
-            .await
-            .map(|_| ()),
-    ];
-    results
-        .into_iter()
-        .map(|result| match result {
-            Ok(()) => (tonic::Code::Ok, String::new()),
-            Err(status) => (status.code(), status.message().to_string()),
-        })
-        .collect()
+            .await,
+        ),
+        outcome(lock.unlock(UnlockRequest { key: Vec::new() }).await),
+        outcome(
+            election
+                .leader(LeaderRequest {
+                    name: b"nobody".to_vec(),
+                })
+                .await,
+        ),
+        outcome(election.proclaim(proclaim(None)).await),
+        outcome(election.proclaim(proclaim(Some(stale.clone()))).await),
+        outcome(election.proclaim(proclaim(Some(keyless.clone()))).await),
+        outcome(election.resign(ResignRequest { leader: None }).await),
+        outcome(
+            election
+                .resign(ResignRequest {
+                    leader: Some(stale),
+                })
+                .await,
+        ),
+        outcome(
+            election
+                .resign(ResignRequest {
+                    leader: Some(keyless),
+                })
+                .await,
+        ),
+        outcome(
+            election
+                .campaign(CampaignRequest {
+                    name: b"c".to_vec(),
+                    lease: no_lease,
+                    value: b"v".to_vec(),
+                })
+                .await,
+        ),
+    ]
 }
 
 /// What etcd 3.4.23 answers to [`refusals`]: its Lock and Election servers run etcd's client
@@ -644,14 +656,19 @@ async fn refusals(endpoint: &str) -> Vec<(tonic::Code, String)> {
 /// stale `Resign` is not a refusal at all.
 fn etcd_refusals() -> Vec<(tonic::Code, String)> {
     let unknown = |message: &str| (tonic::Code::Unknown, message.to_string());
+    let no_key = "etcdserver: key is not provided";
+    let no_leader_field = "\"leader\" field must be provided";
     vec![
         unknown("etcdserver: requested lease not found"),
-        unknown("etcdserver: key is not provided"),
+        unknown(no_key),
         unknown("election: no leader"),
-        unknown("\"leader\" field must be provided"),
+        unknown(no_leader_field),
         unknown("election: not leader"),
-        unknown("\"leader\" field must be provided"),
+        unknown(no_key),
+        unknown(no_leader_field),
         (tonic::Code::Ok, String::new()),
+        unknown(no_key),
+        unknown("etcdserver: requested lease not found"),
     ]
 }
 

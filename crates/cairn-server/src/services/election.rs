@@ -11,7 +11,7 @@
 
 use cairn_proto::cairnpb::internal_request::Request as Internal;
 use cairn_proto::etcdserverpb::request_op::Request as Op;
-use cairn_proto::etcdserverpb::DeleteRangeRequest;
+use cairn_proto::etcdserverpb::{DeleteRangeRequest, TxnRequest};
 use cairn_proto::mvccpb::event::EventType;
 use cairn_proto::mvccpb::KeyValue;
 use cairn_proto::v3electionpb::election_server::Election;
@@ -39,17 +39,12 @@ impl ElectionService {
 }
 
 /// Deletes `key` if it still has `rev` as create revision (etcd's `Election.Resign`).
-fn resign_txn(key: &[u8], rev: i64) -> Internal {
+fn resign_txn(key: &[u8], rev: i64) -> TxnRequest {
     let delete = Op::RequestDeleteRange(DeleteRangeRequest {
         key: key.to_vec(),
         ..Default::default()
     });
-    Internal::Txn(concurrency::txn_if_created(
-        key,
-        rev,
-        vec![delete],
-        Vec::new(),
-    ))
+    concurrency::txn_if_created(key, rev, vec![delete], Vec::new())
 }
 
 /// Puts `value` on the leader key while it keeps its create revision (etcd's
@@ -74,7 +69,8 @@ async fn campaign(node: &Node, request: CampaignRequest) -> Result<CampaignRespo
     let lease = concurrency::session_lease(node, request.lease).await?;
     let prefix = concurrency::queue_prefix(&request.name);
     let place = concurrency::enqueue(node, &prefix, lease, &request.value).await?;
-    let withdraw = Withdraw::new(node, resign_txn(&place.key, place.create_revision));
+    let resign = resign_txn(&place.key, place.create_revision);
+    let withdraw = Withdraw::new(node, Internal::Txn(resign));
     // A candidate already queued on this lease with another value proclaims the new one.
     if place
         .existing_value
@@ -127,8 +123,7 @@ async fn proclaim(node: &Node, request: ProclaimRequest) -> Result<ProclaimRespo
 
 async fn resign(node: &Node, request: ResignRequest) -> Result<ResignResponse, ServerError> {
     let leader = request.leader.ok_or(ServerError::MissingLeaderKey)?;
-    let result = node.propose(resign_txn(&leader.key, leader.rev)).await?;
-    let mut response = expect_response!(result, Txn);
+    let mut response = concurrency::propose_txn(node, resign_txn(&leader.key, leader.rev)).await?;
     node.fill_header(&mut response.header);
     Ok(ResignResponse {
         header: response.header,
