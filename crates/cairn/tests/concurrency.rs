@@ -299,6 +299,21 @@ async fn lock_service_blocks_until_release_expiry_or_cancel() {
         assert_eq!(status.message(), "etcdserver: requested lease not found");
         assert!(queue(&mut client, "ghost/").await.is_empty());
     }
+    {
+        tracing::info!("no lease named: the key lives on a fresh 60 s lease, as etcd's session");
+        let locked = client.lock("anonymous", None).await.unwrap();
+        let owner = queue(&mut client, "anonymous/").await.remove(0);
+        assert_eq!(owner.key(), locked.key());
+        assert_eq!(
+            owner.key(),
+            format!("anonymous/{:x}", owner.lease()).as_bytes()
+        );
+        let ttl = client
+            .lease_time_to_live(owner.lease(), None)
+            .await
+            .unwrap();
+        assert!((50..=60).contains(&ttl.granted_ttl()), "{ttl:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,6 +494,55 @@ async fn election_service_round_trip_and_refusals() {
         let seen = observe.message().await.unwrap().expect("observed");
         assert_eq!(seen.kv().unwrap().value(), b"w2");
     }
+    {
+        tracing::info!("a candidate that gives up (RPC cancelled) leaves the queue");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            election.campaign("e", "quitter", lease_1),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the candidate should have been waiting");
+        wait_queued(&client, "e/", 1).await;
+        assert_eq!(
+            election.leader("e").await.unwrap().kv().unwrap().value(),
+            b"w2"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_observe_streams_and_waiting_calls() {
+    let mut cairn = Cairn::start(&[]).await;
+    let client = cairn.client().await;
+    let mut election = client.election_client();
+    let mut leases = client.lease_client();
+    let lease_1 = leases.grant(60, None).await.unwrap().id();
+    let lease_2 = leases.grant(60, None).await.unwrap().id();
+    election.campaign("stop", "leader", lease_1).await.unwrap();
+    let mut observe = election.observe("stop").await.unwrap();
+    observe.message().await.unwrap().expect("the leader");
+    let mut waiting = election.clone();
+    let mut campaign = tokio::spawn(async move { waiting.campaign("stop", "next", lease_2).await });
+    wait_queued(&client, "stop/", 2).await;
+
+    tracing::info!("SIGTERM: the member exits cleanly, the stream ends, the waiter is answered");
+    assert!(
+        cairn.terminate(),
+        "clean exit with an observer and a waiting campaign"
+    );
+    let ended = tokio::time::timeout(PROMPT, observe.message()).await;
+    assert!(
+        matches!(ended, Ok(Ok(None)) | Ok(Err(_))),
+        "the observe stream ended: {ended:?}"
+    );
+    let answered = tokio::time::timeout(PROMPT, &mut campaign).await;
+    let answered = answered
+        .expect("the waiting campaign was answered")
+        .expect("task");
+    assert!(
+        answered.is_err(),
+        "a campaign cut short by shutdown fails: {answered:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
