@@ -47,6 +47,19 @@ impl KeyRange {
     }
 }
 
+/// The `range_end` covering every key that starts with `prefix` (etcd's `GetPrefixRangeEnd`):
+/// the prefix with its last byte below 0xff incremented, or `"\0"` (every key) when there is none.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// Key index of the whole store.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
@@ -155,6 +168,13 @@ mod tests {
             true
         });
         out
+    }
+
+    #[test]
+    fn prefix_end_follows_etcd() {
+        assert_eq!(prefix_end(b"lock/"), b"lock0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
 
     #[test]

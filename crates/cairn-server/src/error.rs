@@ -33,6 +33,30 @@ pub enum ServerError {
     /// A fault of this member that no client input explains.
     #[error("etcdserver: internal error: {0}")]
     Internal(String),
+    /// Proclaim with a leader key that no longer exists with the given create revision
+    /// (etcd's `concurrency.ErrElectionNotLeader`).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// Leader of an election that has no candidate (etcd's `concurrency.ErrElectionNoLeader`).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// Proclaim or Resign without a leader key (etcd's `v3election.ErrMissingLeaderKey`).
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// The lock waiter's key was deleted (its lease expired) while it waited for its turn
+    /// (etcd's `concurrency.ErrSessionExpired`).
+    #[error("mutex: session is expired")]
+    SessionExpired,
+}
+
+impl ServerError {
+    /// The status of a Lock or Election RPC. etcd serves these through its own Go client
+    /// (`v3client`), which turns every server error into a plain `EtcdError` without a gRPC
+    /// status, and its recipes return plain Go errors: grpc-go sends them all as `Unknown`
+    /// with the error's text, so clients see `Unknown` for every error of these services.
+    pub fn into_recipe_status(self) -> Status {
+        Status::new(Code::Unknown, self.to_string())
+    }
 }
 
 impl From<AuthError> for ServerError {
@@ -83,6 +107,10 @@ impl From<ServerError> for Status {
             }
             ServerError::Membership(_) => Code::FailedPrecondition,
             ServerError::Internal(_) => Code::Internal,
+            ServerError::ElectionNotLeader
+            | ServerError::ElectionNoLeader
+            | ServerError::MissingLeaderKey
+            | ServerError::SessionExpired => Code::Unknown,
         };
         Status::new(code, error.to_string())
     }

@@ -11,7 +11,8 @@
 //! - `node` — open/recover, propose, apply, snapshot, stop.
 //! - `lease_expiry` — the loop that revokes expired leases through the log.
 //! - `auth` — tokens (simple, JWT) and password hashing; the checks live in `cairn_mvcc::auth`.
-//! - `services/` — KV, Watch, Lease, Maintenance, Cluster, Auth.
+//! - `services/` — KV, Watch, Lease, Maintenance, Cluster, Auth, Election, Lock (the last two
+//!   on `services/concurrency`, etcd's lock/election recipes run on the server).
 //! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
 //! - `authority` — accepts clients that send a URL as the HTTP/2 `:authority` (etcdctl 3.4).
 //! - `error`, `limits`.

@@ -12,6 +12,9 @@ pub const WATCH_RESPONSES_QUEUED_MAX: usize = 128;
 /// Events per watch response when catching up (whole revisions are never split).
 pub const WATCH_EVENTS_PER_RESPONSE_MAX: usize = 1000;
 
+/// Leader changes buffered per Election Observe stream before its task waits for the client.
+pub const OBSERVE_RESPONSES_QUEUED_MAX: usize = 64;
+
 /// Keep-alive responses buffered per LeaseKeepAlive stream.
 pub const KEEPALIVE_RESPONSES_QUEUED_MAX: usize = 64;
 

@@ -1,8 +1,9 @@
 //! `run`: a node behind its client listeners, until a shutdown signal.
 //!
-//! Shutdown order: the signal fires → streams (Watch, LeaseKeepAlive) are told to end → the
-//! gRPC server stops accepting and drains in-flight calls (bounded by a grace period) → the
-//! node flushes its WAL, applies what was queued, and writes a final snapshot.
+//! Shutdown order: the signal fires → streams (Watch, LeaseKeepAlive, Observe) and waiting
+//! Lock/Campaign calls are told to end → the gRPC server stops accepting and drains in-flight
+//! calls (bounded by a grace period) → the node flushes its WAL, applies what was queued, and
+//! writes a final snapshot.
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
+use cairn_proto::v3electionpb::election_server::ElectionServer;
+use cairn_proto::v3lockpb::lock_server::LockServer;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -25,8 +28,10 @@ use crate::limits::GRPC_OVERHEAD_BYTES;
 use crate::node::{bind_listeners, Node};
 use crate::services::auth::AuthService;
 use crate::services::cluster::ClusterService;
+use crate::services::election::ElectionService;
 use crate::services::kv::KvService;
 use crate::services::lease::LeaseService;
+use crate::services::lock::LockService;
 use crate::services::maintenance::MaintenanceService;
 use crate::services::watch::WatchService;
 
@@ -79,6 +84,14 @@ pub async fn run(
             MaintenanceServer::new(MaintenanceService::new(node.clone()))
                 .max_decoding_message_size(message_bytes_max)
                 .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            ElectionServer::new(ElectionService::new(node.clone()))
+                .max_decoding_message_size(message_bytes_max),
+        )
+        .add_service(
+            LockServer::new(LockService::new(node.clone()))
+                .max_decoding_message_size(message_bytes_max),
         )
         .serve_with_incoming_shutdown(incoming, signal);
     info!(

@@ -1,6 +1,6 @@
 //! Auth end to end: etcdctl's user/role/auth flows against a real `cairn serve`, refusals
 //! with etcd's errors on range, put, watch and lease keep-alive, a revoked permission taking
-//! effect on the next request, admin-only RPCs, JWT tokens, and simple tokens honoured by every
+//! effect on the next request, the Lock service acting for its caller, admin-only RPCs, JWT tokens, and simple tokens honoured by every
 //! member of a cluster.
 
 mod common;
@@ -215,6 +215,12 @@ async fn watch_keepalive_and_revocation_are_enforced_on_a_live_token() {
     keeper.keep_alive().await.expect("request sent");
     let renewed = replies.message().await.expect("renewal").expect("a reply");
     assert_eq!(renewed.ttl(), 60);
+
+    // The Lock service acts for its caller: only inside alice's prefix.
+    let held = alice.lock("app/lock", None).await.expect("alice locks her prefix");
+    alice.unlock(held.key()).await.expect("and unlocks");
+    let error = alice.lock("secret-lock", None).await.expect_err("lock outside");
+    assert!(error.to_string().contains("permission denied"), "{error}");
 
     // Revoking the permission stops alice's very next write, on the same token.
     alice.put("app/before", "1", None).await.expect("permitted");

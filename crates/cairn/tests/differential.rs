@@ -27,6 +27,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
+use cairn_mvcc::index::prefix_end;
 use cairn_proto::etcdserverpb::compare::{CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::lease_client::LeaseClient;
@@ -807,16 +808,4 @@ impl Generator {
             target_union,
         }
     }
-}
-
-/// etcd's `GetPrefixRangeEnd`: the first key after every key with this prefix.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }

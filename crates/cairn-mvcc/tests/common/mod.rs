@@ -396,14 +396,8 @@ pub fn cmp_lease(key: &str, result: CompareResult, lease: i64) -> Compare {
 
 /// etcd's `GetPrefixRangeEnd`: the smallest key after every key starting with `prefix`.
 pub fn prefix_end(prefix: &str) -> String {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return String::from_utf8(end).expect("test prefixes are ASCII");
-        }
-    }
-    "\0".to_string()
+    let end = cairn_mvcc::index::prefix_end(prefix.as_bytes());
+    String::from_utf8(end).expect("test prefixes are ASCII")
 }
 
 pub fn watch_filter(key: &str, end: &str) -> WatchFilter {

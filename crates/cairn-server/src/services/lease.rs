@@ -32,7 +32,8 @@ impl LeaseService {
     }
 }
 
-fn random_lease_id() -> i64 {
+/// A random non-zero 63-bit lease id, as etcd picks for a grant without one.
+pub(crate) fn random_lease_id() -> i64 {
     loop {
         let id = rand::random::<i64>() & i64::MAX;
         if id != 0 {

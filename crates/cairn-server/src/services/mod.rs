@@ -27,7 +27,10 @@ macro_rules! propose_reply {
 
 pub mod auth;
 pub mod cluster;
+mod concurrency;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;

@@ -282,12 +282,19 @@ fn signal(child: &Child, name: &str) {
     );
 }
 
+/// An `etcdctl` command (API v3) against `endpoint`, arguments still to add.
+pub fn etcdctl_command(etcdctl: &Path, endpoint: &str) -> Command {
+    let mut command = Command::new(etcdctl);
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"));
+    command
+}
+
 /// Runs `etcdctl` (API v3) against `endpoint` with `args`, feeding `stdin`.
 pub fn etcdctl(etcdctl: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
-    let mut child = Command::new(etcdctl)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
+    let mut child = etcdctl_command(etcdctl, endpoint)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
