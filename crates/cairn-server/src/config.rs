@@ -10,6 +10,7 @@ use cairn_mvcc::limits::{
 
 use crate::auth::password::{BCRYPT_COST_DEFAULT, BCRYPT_COST_MAX, BCRYPT_COST_MIN};
 use crate::error::StartError;
+use crate::tls::TlsFiles;
 
 /// `--initial-cluster-state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,10 @@ pub struct ServerConfig {
     pub auth_token_ttl_s: u64,
     /// Cost of password hashing (etcd's `--bcrypt-cost`).
     pub bcrypt_cost: u32,
+    /// Certificates for `https://` client URLs (`--cert-file`, `--key-file`, …).
+    pub client_tls: TlsFiles,
+    /// Certificates for `https://` peer URLs (`--peer-cert-file`, …).
+    pub peer_tls: TlsFiles,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +77,8 @@ impl Default for ServerConfig {
             auth_token: "simple".into(),
             auth_token_ttl_s: 300,
             bcrypt_cost: BCRYPT_COST_DEFAULT,
+            client_tls: TlsFiles::default(),
+            peer_tls: TlsFiles::default(),
         }
     }
 }
@@ -114,6 +121,11 @@ impl ServerConfig {
                 "--bcrypt-cost must be between {BCRYPT_COST_MIN} and {BCRYPT_COST_MAX}"
             )));
         }
+        let https = |urls: &[String]| urls.iter().any(|url| is_https(url));
+        self.client_tls
+            .validate(https(&self.listen_client_urls), "")?;
+        self.peer_tls
+            .validate(https(&self.listen_peer_urls), "peer-")?;
         if self.auth_token_ttl_s == 0 {
             return Err(StartError::Config(
                 "--auth-token-ttl must be positive".into(),
@@ -157,12 +169,17 @@ pub fn parse_initial_cluster(value: &str) -> Result<Vec<(String, String)>, Start
         .collect()
 }
 
-/// The socket address of an `http://host:port` URL.
+/// Whether `url` asks for TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// The socket address of an `http://host:port` or `https://host:port` URL.
 pub fn socket_addr(url: &str) -> Result<SocketAddr, StartError> {
     let bad = |why: &str| StartError::Config(format!("URL {url:?}: {why}"));
     let rest = match url.split_once("://") {
         Some(("http", rest)) => rest,
-        Some(("https", _)) => return Err(bad("TLS is not supported by this build yet")),
+        Some(("https", rest)) => rest,
         Some((scheme, _)) => return Err(bad(&format!("unknown scheme {scheme:?}"))),
         None => return Err(bad("expected http://host:port")),
     };
@@ -183,7 +200,11 @@ mod tests {
             socket_addr("http://127.0.0.1:2379").unwrap(),
             "127.0.0.1:2379".parse().unwrap()
         );
-        assert!(socket_addr("https://127.0.0.1:2379").is_err());
+        assert_eq!(
+            socket_addr("https://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
+        assert!(socket_addr("unix:///tmp/sock").is_err());
         assert!(socket_addr("127.0.0.1:2379").is_err());
         assert!(socket_addr("http://127.0.0.1").is_err());
         let members = parse_initial_cluster("a=http://x:1, b=http://y:2").unwrap();

@@ -15,6 +15,7 @@
 //!   on `services/concurrency`, etcd's lock/election recipes run on the server).
 //! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
 //! - `authority` — accepts clients that send a URL as the HTTP/2 `:authority` (etcdctl 3.4).
+//! - `tls` — rustls for https client and peer URLs.
 //! - `error`, `limits`.
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod node;
 pub mod server;
 pub mod services;
+pub mod tls;
 
 pub use config::{ClusterState, ServerConfig};
 pub use server::run;

@@ -82,7 +82,17 @@ impl Node {
             .and_then(|listener| listener.local_addr().ok())
             .map(|addr| addr.ip())
             .filter(|ip| !ip.is_unspecified());
-        let transport = Arc::new(TcpTransport::new(source));
+        let peer_tls = match config.peer_tls.is_set() {
+            true => Some((
+                config.peer_tls.peer_server()?,
+                config.peer_tls.peer_client()?,
+            )),
+            false => None,
+        };
+        let transport = Arc::new(TcpTransport::new(
+            source,
+            peer_tls.as_ref().map(|(_, client)| client.clone()),
+        ));
         let (replica, handler) = Replica::open(replica_config, transport)
             .await
             .map_err(|error| StartError::Replica(error.to_string()))?;
@@ -112,8 +122,17 @@ impl Node {
             let incoming =
                 futures::stream::select_all(peers.into_iter().map(TcpListenerStream::new));
             tokio::spawn(async move {
-                let served = tonic::transport::Server::builder()
-                    .tcp_nodelay(true)
+                let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+                if let Some((server_tls, _)) = peer_tls {
+                    builder = match builder.tls_config(server_tls) {
+                        Ok(builder) => builder,
+                        Err(error) => {
+                            error!(%error, "peer TLS configuration refused");
+                            return;
+                        }
+                    };
+                }
+                let served = builder
                     .add_service(peer_service(handler))
                     .serve_with_incoming_shutdown(incoming, async move {
                         until_stopping(&mut stopped).await;

@@ -18,11 +18,10 @@ use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
 use futures::StreamExt;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::authority::AuthorityFix;
-use crate::config::ServerConfig;
+use crate::config::{is_https, ServerConfig};
 use crate::error::StartError;
 use crate::limits::GRPC_OVERHEAD_BYTES;
 use crate::node::{bind_listeners, Node};
@@ -34,6 +33,7 @@ use crate::services::lease::LeaseService;
 use crate::services::lock::LockService;
 use crate::services::maintenance::MaintenanceService;
 use crate::services::watch::WatchService;
+use crate::tls;
 
 /// Longest wait for in-flight calls once shutdown begins. Unary calls finish in milliseconds
 /// and our streams end themselves on shutdown; what can remain are idle client connections,
@@ -45,17 +45,21 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    config.validate()?;
+    // Certificates are read before anything opens, so a bad file fails the start at once.
+    let acceptor = match config.client_tls.is_set() {
+        true => Some(config.client_tls.client_acceptor()?),
+        false => None,
+    };
     let node = Node::open(config.clone()).await?;
     let listeners = bind_listeners(&config.listen_client_urls).await?;
     let expiry = tokio::spawn(crate::lease_expiry::run(node.clone()));
-    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new))
-        .map(|stream| {
-            // Small request/response messages: Nagle would add up to 40 ms per round trip.
-            stream.map(|tcp| {
-                let _ = tcp.set_nodelay(true);
-                AuthorityFix::new(tcp)
-            })
-        });
+    let listeners = listeners
+        .into_iter()
+        .zip(&config.listen_client_urls)
+        .map(|(listener, url)| (listener, acceptor.clone().filter(|_| is_https(url))))
+        .collect();
+    let incoming = tls::accept(listeners).map(|io| io.map(AuthorityFix::new));
     let message_bytes_max = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (begun_tx, begun_rx) = oneshot::channel::<()>();
     let signal_node = node.clone();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cairn_bench::kv::KvBenchArgs;
 use cairn_server::config::parse_duration;
+use cairn_server::tls::TlsFiles;
 use cairn_server::{ClusterState, ServerConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a member serving the etcd v3 API (flags as etcd's).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Local development clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -119,6 +120,30 @@ struct ServeArgs {
     /// Cost of bcrypt password hashing (4..=31); lower is faster and weaker.
     #[arg(long, default_value_t = 10)]
     bcrypt_cost: u32,
+    /// Certificate (PEM) served on https client URLs.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// Certificate (PEM) for https peer URLs, served and presented to other members.
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// CA (PEM) that signs the other members' certificates.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse peers without a certificate signed by --peer-trusted-ca-file.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `cairn_server=debug`.
     #[arg(long, default_value = "info", env = "CAIRN_LOG")]
     log_level: String,
@@ -153,6 +178,18 @@ impl ServeArgs {
             auth_token: self.auth_token,
             auth_token_ttl_s: self.auth_token_ttl,
             bcrypt_cost: self.bcrypt_cost,
+            client_tls: TlsFiles {
+                cert_file: self.cert_file,
+                key_file: self.key_file,
+                trusted_ca_file: self.trusted_ca_file,
+                client_cert_auth: self.client_cert_auth,
+            },
+            peer_tls: TlsFiles {
+                cert_file: self.peer_cert_file,
+                key_file: self.peer_key_file,
+                trusted_ca_file: self.peer_trusted_ca_file,
+                client_cert_auth: self.peer_client_cert_auth,
+            },
         }
     }
 }

@@ -11,7 +11,7 @@ use cairn_proto::raftpb;
 use cairn_proto::raftpb::raft_client::RaftClient;
 use cairn_proto::raftpb::raft_server::{Raft as RaftService, RaftServer};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::limits::PEER_MESSAGE_BYTES_MAX;
@@ -31,13 +31,16 @@ pub struct TcpTransport {
     /// on a specific one, so a member's connections come from its peer address (what firewall
     /// rules, and the link-cutting proxy of the fault tests, key on).
     source: Option<IpAddr>,
+    /// TLS towards peers with `https://` URLs.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl TcpTransport {
-    pub fn new(source: Option<IpAddr>) -> TcpTransport {
+    pub fn new(source: Option<IpAddr>, tls: Option<ClientTlsConfig>) -> TcpTransport {
         TcpTransport {
             clients: Mutex::default(),
             source,
+            tls,
         }
     }
 
@@ -55,11 +58,17 @@ impl TcpTransport {
                 return Ok(client.clone());
             }
         }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|error| TransportError::Unreachable(format!("peer URL {url}: {error}")))?
+        let bad_url = |error: tonic::transport::Error| {
+            TransportError::Unreachable(format!("peer URL {url}: {error}"))
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(bad_url)?
             .connect_timeout(CONNECT_TIMEOUT)
             .local_address(self.source)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad_url)?;
+        }
         let client = RaftClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
