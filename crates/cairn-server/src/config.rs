@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub client_tls: TlsFiles,
     /// Certificates for `https://` peer URLs (`--peer-cert-file`, …).
     pub peer_tls: TlsFiles,
+    /// Emulated one-way delay added to every peer message and answer (benchmarks of
+    /// wide-area clusters on one host); zero in production.
+    pub peer_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             bcrypt_cost: BCRYPT_COST_DEFAULT,
             client_tls: TlsFiles::default(),
             peer_tls: TlsFiles::default(),
+            peer_delay: Duration::ZERO,
         }
     }
 }

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cairn_consensus::network::delay::DelayedTransport;
 use cairn_consensus::network::tcp::{peer_service, TcpTransport};
+use cairn_consensus::network::Transport;
 use cairn_consensus::{Member, MemberInfo, Replica, ReplicaConfig, ReplicaStatus};
 use cairn_mvcc::{ApplyResponse, KvStore, StoreConfig};
 use cairn_proto::cairnpb::internal_request::Request;
@@ -89,10 +91,11 @@ impl Node {
             )),
             false => None,
         };
-        let transport = Arc::new(TcpTransport::new(
-            source,
-            peer_tls.as_ref().map(|(_, client)| client.clone()),
-        ));
+        let tcp = TcpTransport::new(source, peer_tls.as_ref().map(|(_, client)| client.clone()));
+        let transport: Arc<dyn Transport> = match config.peer_delay.is_zero() {
+            true => Arc::new(tcp),
+            false => Arc::new(DelayedTransport::new(Arc::new(tcp), config.peer_delay)),
+        };
         let (replica, handler) = Replica::open(replica_config, transport)
             .await
             .map_err(|error| StartError::Replica(error.to_string()))?;

@@ -144,6 +144,10 @@ struct ServeArgs {
     /// Refuse peers without a certificate signed by --peer-trusted-ca-file.
     #[arg(long)]
     peer_client_cert_auth: bool,
+    /// Emulated one-way delay on every peer link, e.g. `25ms` (benchmarks of wide-area
+    /// clusters on one host; messages stay in order).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    experimental_peer_delay: Duration,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `cairn_server=debug`.
     #[arg(long, default_value = "info", env = "CAIRN_LOG")]
     log_level: String,
@@ -184,6 +188,7 @@ impl ServeArgs {
                 trusted_ca_file: self.trusted_ca_file,
                 client_cert_auth: self.client_cert_auth,
             },
+            peer_delay: self.experimental_peer_delay,
             peer_tls: TlsFiles {
                 cert_file: self.peer_cert_file,
                 key_file: self.peer_key_file,

@@ -3,9 +3,11 @@
 //! [`Transport`] is the seam between the protocol and the network: it carries `raftpb`
 //! messages, so the real implementation ([`tcp`], gRPC over one HTTP/2 connection per peer
 //! pair) and the simulated one ([`sim`], one process, seeded faults) exercise the same
-//! conversions. [`RaftNetwork`] adapts a transport to openraft's `RaftNetworkFactory`; the
+//! conversions; [`delay`] wraps either with an emulated one-way link delay for benchmarks.
+//! [`RaftNetwork`] adapts a transport to openraft's `RaftNetworkFactory`; the
 //! receiving side is [`crate::peer::PeerHandler`].
 
+pub mod delay;
 pub mod sim;
 pub mod tcp;
 
