@@ -56,6 +56,19 @@ fn set_up_users(tool: &std::path::Path, endpoint: &str) {
     assert_eq!(run(&["auth", "enable"]).trim(), "Authentication Enabled");
 }
 
+/// A token for alice, from `endpoint`'s Authenticate.
+async fn alice_token(endpoint: &str) -> String {
+    let client = etcd_client::Client::connect([endpoint], None)
+        .await
+        .expect("connects");
+    let response = client
+        .auth_client()
+        .authenticate("alice".into(), "alicepw".into())
+        .await
+        .expect("alice authenticates");
+    response.token().to_string()
+}
+
 fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
@@ -264,16 +277,7 @@ async fn maintenance_and_membership_need_root_and_bad_tokens_are_refused() {
     };
     let cairn = Cairn::start(&FAST_BCRYPT).await;
     set_up_users(&tool, &cairn.host_port());
-    let auth = etcd_client::Client::connect([cairn.endpoint()], None)
-        .await
-        .expect("connects");
-    let token = auth
-        .auth_client()
-        .authenticate("alice".into(), "alicepw".into())
-        .await
-        .expect("alice authenticates")
-        .token()
-        .to_string();
+    let token = alice_token(&cairn.endpoint()).await;
     let mut maintenance = MaintenanceClient::new(channel(&cairn.endpoint()).await);
     let refused = maintenance
         .hash_kv(with_token(HashKvRequest { revision: 0 }, &token))
@@ -328,16 +332,7 @@ async fn jwt_tokens_verify_by_signature_and_expire_with_the_auth_revision() {
     );
     assert!(ok, "{out}");
 
-    let client = etcd_client::Client::connect([cairn.endpoint()], None)
-        .await
-        .expect("connects");
-    let token = client
-        .auth_client()
-        .authenticate("alice".into(), "alicepw".into())
-        .await
-        .expect("alice authenticates")
-        .token()
-        .to_string();
+    let token = alice_token(&cairn.endpoint()).await;
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     let mut kv = KvClient::new(channel(&cairn.endpoint()).await);
     kv.range(with_token(
@@ -395,16 +390,7 @@ async fn a_simple_token_from_one_member_works_on_every_member() {
     tokio::task::spawn_blocking(move || set_up_users(&tool, &host_port))
         .await
         .expect("set-up ran");
-    let client = etcd_client::Client::connect([endpoint(0)], None)
-        .await
-        .expect("connects");
-    let token = client
-        .auth_client()
-        .authenticate("alice".into(), "alicepw".into())
-        .await
-        .expect("alice authenticates")
-        .token()
-        .to_string();
+    let token = alice_token(&endpoint(0)).await;
     for member in 0..3 {
         let mut kv = KvClient::new(channel(&endpoint(member)).await);
         // Followers learn the token when they apply the entry that carried it.
