@@ -73,6 +73,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::error::WalError;
+use crate::metrics::HistogramSnapshot;
 use crate::limits::{
     WAL_QUEUE_BATCHES_MAX, WAL_RECORD_DATA_BYTES_MAX, WAL_SEGMENT_BYTES_MAX_DEFAULT,
 };
@@ -325,6 +326,11 @@ impl Wal {
     /// Counters for metrics.
     pub fn stats(&self) -> WalStats {
         self.inner.counters.snapshot()
+    }
+
+    /// Durations of the group-commit fdatasyncs so far.
+    pub fn fsync_durations(&self) -> HistogramSnapshot {
+        self.inner.counters.fsync_seconds.snapshot()
     }
 
     /// Sends a control command, updating the queued next index with `next_index` (computed
