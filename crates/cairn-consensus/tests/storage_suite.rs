@@ -18,8 +18,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let log = LogStore::open(dir.path(), false).expect("log store opens");
         let metrics = Arc::new(ConsensusMetrics::new(log.committed_index()));
         let snapshots = SnapshotStore::open(&dir.path().join("snap")).expect("snapshot store");
-        let state_machine = StateMachine::open(snapshots, StoreConfig::default(), 1, 1, false, metrics)
-            .expect("state machine opens");
+        let state_machine =
+            StateMachine::open(snapshots, StoreConfig::default(), 1, 1, false, metrics)
+                .expect("state machine opens");
         Ok((dir, log, state_machine))
     }
 }

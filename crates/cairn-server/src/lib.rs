@@ -12,15 +12,19 @@
 //! - `lease_expiry` — the loop that revokes expired leases through the log.
 //! - `services/` — KV, Watch, Lease, Maintenance, Cluster.
 //! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
+//! - `http/` — the HTTP/1.1 side of the client port: etcd's JSON gateway, `/health`,
+//!   `/version`, `/metrics`; `metrics` — Prometheus exposition, the gRPC call counters.
 //! - `authority` — accepts clients that send a URL as the HTTP/2 `:authority` (etcdctl 3.4).
 //! - `error`, `limits`.
 
 pub mod authority;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod identity;
 pub mod lease_expiry;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod services;

@@ -73,10 +73,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::error::WalError;
-use crate::metrics::HistogramSnapshot;
 use crate::limits::{
     WAL_QUEUE_BATCHES_MAX, WAL_RECORD_DATA_BYTES_MAX, WAL_SEGMENT_BYTES_MAX_DEFAULT,
 };
+use crate::metrics::HistogramSnapshot;
 use writer::{Command, Counters, Reply, Writer};
 
 /// One log entry. `data` is opaque to the WAL.
