@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -36,6 +37,7 @@ use tonic::codec::Codec;
 use tonic::{Code, Status, Streaming};
 use tonic_prost::ProstCodec;
 
+use crate::limits::GRPC_OVERHEAD_BYTES;
 use crate::node::Node;
 use crate::services::cluster::ClusterService;
 use crate::services::kv::KvService;
@@ -137,7 +139,18 @@ pub fn routes(node: &Node) -> Router {
             unary_route!(maintenance, move_leader),
         )
         .merge(auth_routes(node))
+        // Room for the largest request the gRPC side takes, in base64 JSON, so that too large
+        // a request gets etcd's "request is too large" rather than a transport refusal.
+        .layer(DefaultBodyLimit::max(body_bytes_max(node)))
 }
+
+fn body_bytes_max(node: &Node) -> usize {
+    let message_bytes_max = node.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    message_bytes_max / 3 * 4 + JSON_OVERHEAD_BYTES
+}
+
+/// JSON room beyond the base64 of the message: field names, quoting, whitespace.
+const JSON_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// The `/v3/auth/*` routes (authenticate, enable, disable, status, user/add|get|list|delete|
 /// changepw|grant|revoke, role/add|get|list|delete|grant|revoke). Empty until the Auth service

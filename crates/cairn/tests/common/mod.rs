@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
 pub mod cluster;
+pub mod http;
 pub mod workload;
 
 use std::net::TcpListener;
