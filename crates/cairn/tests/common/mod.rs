@@ -42,9 +42,9 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     if found.is_none() {
         assert!(
             std::env::var("CI").map_or(true, |ci| ci != "true"),
-            "{name} is required under CI=true (install Debian's etcd-server/etcd-client)"
+            "{name} is required under CI=true (Debian packages: etcd-server, etcd-client, curl)"
         );
-        eprintln!("SKIPPED: {name} not on PATH (install Debian's etcd-server and etcd-client)");
+        eprintln!("SKIPPED: {name} not on PATH (Debian packages: etcd-server, etcd-client, curl)");
     }
     found
 }
