@@ -89,7 +89,7 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(GrpcMetricsLayer::new(grpc_metrics))
-        .serve_with_incoming_shutdown(Routes::from(router), incoming, signal);
+        .serve_with_incoming_shutdown(Routes::from(router).prepare(), incoming, signal);
     info!(
         name = %config.name,
         member_id = format!("{:x}", node.identity().member_id),
