@@ -5,7 +5,7 @@
 //! etcd's packages (`etcdserverpb`, `mvccpb`, `authpb`) also get serde impls from `pbjson-build`:
 //! protobuf's canonical JSON mapping as etcd's grpc-gateway writes it (field names as in the
 //! `.proto`, 64-bit integers as strings, bytes as base64, enums by name, zero values omitted;
-//! both the proto and the camelCase names accepted on input). The HTTP gateway uses them.
+//! both the proto and the camelCase names accepted on input, unknown fields ignored). The HTTP gateway uses them.
 
 const PROTO_ROOT: &str = "proto";
 
@@ -42,6 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
+        // grpc-gateway v1 (etcd 3.5) decodes with unknown fields allowed and dropped.
+        .ignore_unknown_fields()
         .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
     Ok(())
 }
