@@ -310,3 +310,52 @@ where
     });
     ([(header::CONTENT_TYPE, JSON)], Body::from_stream(lines)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::etcdserverpb::RangeRequest;
+
+    #[test]
+    fn the_authorization_header_becomes_the_token_metadata() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("abc.def"));
+        let request = grpc_request(&headers, ());
+        assert_eq!(request.metadata().get("token").unwrap(), "abc.def");
+        assert!(grpc_request(&HeaderMap::new(), ())
+            .metadata()
+            .get("token")
+            .is_none());
+    }
+
+    #[test]
+    fn bodies_decode_with_either_field_name_and_empty_means_default() {
+        let request: RangeRequest =
+            decode(br#"{"key":"Zm9v","rangeEnd":"Zm9w","limit":"2"}"#).expect("decodes");
+        assert_eq!(
+            (request.key, request.range_end, request.limit),
+            (b"foo".to_vec(), b"fop".to_vec(), 2)
+        );
+        assert_eq!(
+            decode::<RangeRequest>(b" \n").unwrap(),
+            RangeRequest::default()
+        );
+        let error = decode::<RangeRequest>(b"{").unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn grpc_codes_map_to_grpc_gateways_http_statuses() {
+        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(http_status(Code::Unauthenticated), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            http_status(Code::ResourceExhausted),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
