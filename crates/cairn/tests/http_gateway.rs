@@ -47,6 +47,11 @@ async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> 
     serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"))
 }
 
+/// POSTs `body` to `url`, asserting a 200 answer; its JSON.
+async fn call(tool: &Path, url: &str, body: &Value) -> Value {
+    ok(post(tool, url, body).await)
+}
+
 fn ok(answer: Answer) -> Value {
     assert_eq!(answer.status, 200, "{}", answer.body);
     answer.json()
@@ -71,14 +76,14 @@ async fn kv_round_trips_through_the_gateway_and_grpc_on_the_same_port() {
 
     let put_revision = {
         tracing::info!("put over HTTP, bytes that are not UTF-8 included");
-        let answer = ok(post(
+        let answer = call(
             &tool,
             &url("/v3/kv/put"),
             &json!({
                 "key": b64(b"gw/a"), "value": b64(b"\x00\xffone")
             }),
         )
-        .await);
+        .await;
         let header = &answer["header"];
         assert!(int(&header["revision"]) >= 2, "{answer}");
         for id in ["member_id", "cluster_id"] {
@@ -115,14 +120,14 @@ async fn kv_round_trips_through_the_gateway_and_grpc_on_the_same_port() {
 
     {
         tracing::info!("prefix range over HTTP: both keys, count, proto field names");
-        let range = ok(post(
+        let range = call(
             &tool,
             &url("/v3/kv/range"),
             &json!({
                 "key": b64(b"gw/"), "range_end": b64(b"gw0")
             }),
         )
-        .await);
+        .await;
         assert_eq!(
             kv_pairs(&range),
             vec![
@@ -134,22 +139,21 @@ async fn kv_round_trips_through_the_gateway_and_grpc_on_the_same_port() {
         assert_eq!(int(&range["kvs"][0]["create_revision"]), put_revision);
         assert_eq!(int(&range["kvs"][0]["version"]), 1);
         tracing::info!("camelCase input is accepted too; keys_only leaves values out");
-        let keys = ok(post(
+        let keys = call(
             &tool,
             &url("/v3/kv/range"),
             &json!({
                 "key": b64(b"gw/"), "rangeEnd": b64(b"gw0"), "keysOnly": true
             }),
         )
-        .await);
+        .await;
         assert_eq!(keys["kvs"].as_array().map(Vec::len), Some(2));
         assert!(keys["kvs"][0].get("value").is_none(), "{keys}");
     }
 
     {
         tracing::info!("txn: compare on version, success branch puts and reads");
-        let txn = ok(post(
-            &tool,
+        let txn = call(&tool,
             &url("/v3/kv/txn"),
             &json!({
                 "compare": [{"key": b64(b"gw/a"), "target": "VERSION", "result": "EQUAL", "version": "1"}],
@@ -158,20 +162,17 @@ async fn kv_round_trips_through_the_gateway_and_grpc_on_the_same_port() {
                     {"request_range": {"key": b64(b"gw/b")}}
                 ],
                 "failure": [{"request_delete_range": {"key": b64(b"gw/a")}}]
-            }),
-        ).await);
+            })).await;
         assert_eq!(txn["succeeded"], json!(true), "{txn}");
         let read = &txn["responses"][1]["response_range"];
         assert_eq!(kv_pairs(read), vec![(b"gw/b".to_vec(), b"two".to_vec())]);
         tracing::info!("the same compare fails now: version is 2");
-        let txn = ok(post(
-            &tool,
+        let txn = call(&tool,
             &url("/v3/kv/txn"),
             &json!({
                 "compare": [{"key": b64(b"gw/a"), "target": "VERSION", "result": "EQUAL", "version": "1"}],
                 "success": [{"request_put": {"key": b64(b"gw/a"), "value": b64(b"never")}}]
-            }),
-        ).await);
+            })).await;
         assert!(txn.get("succeeded").is_none(), "false is omitted: {txn}");
         let range = kv
             .range(RangeRequest {
@@ -186,14 +187,14 @@ async fn kv_round_trips_through_the_gateway_and_grpc_on_the_same_port() {
 
     {
         tracing::info!("deleterange with prev_kv returns what it deleted");
-        let deleted = ok(post(
+        let deleted = call(
             &tool,
             &url("/v3/kv/deleterange"),
             &json!({
                 "key": b64(b"gw/"), "range_end": b64(b"gw0"), "prev_kv": true
             }),
         )
-        .await);
+        .await;
         assert_eq!(int(&deleted["deleted"]), 2);
         assert_eq!(
             kv_pairs(&json!({"kvs": deleted["prev_kvs"]})),
@@ -308,23 +309,23 @@ async fn leases_grant_time_to_live_keepalive_and_revoke() {
     };
     let cairn = Cairn::start(&[]).await;
     let url = |path: &str| format!("{}{path}", cairn.endpoint());
-    let grant = ok(post(
+    let grant = call(
         &tool,
         &url("/v3/lease/grant"),
         &json!({"TTL": 60, "ID": 7001}),
     )
-    .await);
+    .await;
     assert_eq!(int(&grant["ID"]), 7001);
     assert_eq!(int(&grant["TTL"]), 60);
-    ok(post(
+    call(
         &tool,
         &url("/v3/kv/put"),
         &json!({"key": b64(b"leased"), "value": b64(b"x"), "lease": "7001"}),
     )
-    .await);
+    .await;
 
     for path in ["/v3/lease/timetolive", "/v3/kv/lease/timetolive"] {
-        let ttl = ok(post(&tool, &url(path), &json!({"ID": "7001", "keys": true})).await);
+        let ttl = call(&tool, &url(path), &json!({"ID": "7001", "keys": true})).await;
         assert_eq!(int(&ttl["grantedTTL"]), 60, "{path}: {ttl}");
         let remaining = int(&ttl["TTL"]);
         assert!((55..=60).contains(&remaining), "{path}: {ttl}");
@@ -345,13 +346,13 @@ async fn leases_grant_time_to_live_keepalive_and_revoke() {
     let line: Value =
         serde_json::from_str(keepalive.body.lines().next().expect("one result")).unwrap();
     assert_eq!(int(&line["result"]["TTL"]), 60, "{line}");
-    let leases = ok(post(&tool, &url("/v3/lease/leases"), &json!({})).await);
+    let leases = call(&tool, &url("/v3/lease/leases"), &json!({})).await;
     assert_eq!(leases["leases"], json!([{"ID": "7001"}]));
 
-    ok(post(&tool, &url("/v3/lease/revoke"), &json!({"ID": "7001"})).await);
-    let ttl = ok(post(&tool, &url("/v3/lease/timetolive"), &json!({"ID": "7001"})).await);
+    call(&tool, &url("/v3/lease/revoke"), &json!({"ID": "7001"})).await;
+    let ttl = call(&tool, &url("/v3/lease/timetolive"), &json!({"ID": "7001"})).await;
     assert_eq!(int(&ttl["TTL"]), -1, "an unknown lease has TTL -1: {ttl}");
-    let range = ok(post(&tool, &url("/v3/kv/range"), &json!({"key": b64(b"leased")})).await);
+    let range = call(&tool, &url("/v3/kv/range"), &json!({"key": b64(b"leased")})).await;
     assert!(
         range.get("kvs").is_none(),
         "the revoke deleted the key: {range}"
@@ -412,12 +413,12 @@ async fn bad_input_gets_etcds_error_json_and_status() {
     .await;
     assert_eq!(unknown.status, 200, "{}", unknown.body);
     tracing::info!("the member still serves");
-    ok(post(
+    call(
         &tool,
         &url("/v3/kv/put"),
         &json!({"key": b64(b"k"), "value": b64(b"v")}),
     )
-    .await);
+    .await;
 }
 
 /// `/version` matches what Status reports.
@@ -432,19 +433,19 @@ async fn version_reports_the_etcd_version_status_reports() {
     let status = client.status().await.unwrap();
     assert_eq!(version["etcdserver"], json!(status.version()));
     assert_eq!(version["etcdcluster"], json!("3.5.0"));
-    let status_json = ok(post(
+    let status_json = call(
         &tool,
         &format!("{}/v3/maintenance/status", cairn.endpoint()),
         &json!({}),
     )
-    .await);
+    .await;
     assert_eq!(status_json["version"], json!(status.version()));
-    let members = ok(post(
+    let members = call(
         &tool,
         &format!("{}/v3/cluster/member/list", cairn.endpoint()),
         &json!({}),
     )
-    .await);
+    .await;
     assert_eq!(
         members["members"].as_array().map(Vec::len),
         Some(1),
