@@ -1,6 +1,11 @@
 //! Compiles the `.proto` files under `proto/` into Rust (prost messages, tonic clients and
 //! servers). `protoc` comes from the `protoc-bin-vendored` crate, so a fresh machine needs only
 //! cargo.
+//!
+//! etcd's packages (`etcdserverpb`, `mvccpb`, `authpb`) also get serde impls from `pbjson-build`:
+//! protobuf's canonical JSON mapping as etcd's grpc-gateway writes it (field names as in the
+//! `.proto`, 64-bit integers as strings, bytes as base64, enums by name, zero values omitted;
+//! both the proto and the camelCase names accepted on input, unknown fields ignored). The HTTP gateway uses them.
 
 const PROTO_ROOT: &str = "proto";
 
@@ -22,12 +27,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // reads `PROTOC` to find the compiler.
     std::env::set_var("PROTOC", protoc);
 
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("descriptor.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
         .build_server(true)
         .build_client(true)
         // Raft entries travel from the proposer to the WAL and the wire without a copy.
         .bytes(".raftpb.Entry")
         .bytes(".raftpb.ForwardRequest")
         .compile_protos(PROTOS, &[PROTO_ROOT])?;
+
+    let descriptors = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        // grpc-gateway v1 (etcd 3.5) decodes with unknown fields allowed and dropped.
+        .ignore_unknown_fields()
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
     Ok(())
 }

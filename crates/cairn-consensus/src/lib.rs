@@ -14,12 +14,14 @@
 //! - `wait` — proposal waiters; `batcher` — proposals packed into entries; `read_index` —
 //!   batched read points.
 //! - `network` — the `Transport` trait, openraft's network over it, `tcp` and `sim`.
+//! - `metrics` — counters of proposals, commits, applies and leader changes.
 //! - `peer` — answers peer requests; `replica` — the member; `limits`, `error`.
 
 mod batcher;
 pub mod error;
 pub mod limits;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod peer;
 mod read_index;

@@ -17,6 +17,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cairn_proto::raftpb;
@@ -98,6 +99,8 @@ pub struct LogStore {
     dir: PathBuf,
     hard_state: raftpb::HardState,
     reader: LogReader,
+    /// The raft commit index openraft last reported, for metrics.
+    committed_index: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -160,12 +163,18 @@ impl LogStore {
             reader: LogReader {
                 cache: Arc::new(Mutex::new(cache)),
             },
+            committed_index: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// A handle to the WAL, to close it and read its counters after openraft took the store.
     pub fn wal(&self) -> Wal {
         self.wal.clone()
+    }
+
+    /// The raft commit index as openraft reports it (`save_committed`), for metrics.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed_index.clone()
     }
 
     async fn save_hard_state(&self) -> Result<(), io::Error> {
@@ -205,6 +214,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             last_purged_log_id,
             last_log_id: last.or(last_purged_log_id),
         })
+    }
+
+    /// Only recorded for metrics: openraft re-derives the commit index after a restart.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let index = committed.map_or(0, |log_id| log_id.index);
+        self.committed_index.store(index, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn get_log_reader(&mut self) -> LogReader {

@@ -21,6 +21,7 @@ use cairn_mvcc::{ApplyResponse, KvStore, StoreConfig};
 use cairn_proto::cairnpb::internal_request::Request;
 use cairn_proto::cairnpb::{AuthInfo, InternalRequest};
 use cairn_proto::raftpb;
+use cairn_storage::metrics::HistogramSnapshot;
 use cairn_storage::snapshot::SnapshotStore;
 use cairn_storage::wal::{Wal, WalStats};
 use openraft::SnapshotPolicy;
@@ -31,6 +32,7 @@ use tracing::{info, warn};
 use crate::batcher::ProposalBatcher;
 use crate::error::{ConsensusError, OpenError};
 use crate::log_store::LogStore;
+use crate::metrics::{ConsensusMetrics, ConsensusMetricsSnapshot, PendingProposal};
 use crate::network::{Network, PeerRequest, PeerResponse, Transport, TransportError};
 use crate::peer::{change_membership, MembershipError, PeerHandler};
 use crate::read_index::ReadBatcher;
@@ -125,6 +127,7 @@ struct Inner {
     proposals: Arc<ProposalBatcher>,
     /// The log store's WAL (openraft owns the store): closed at shutdown, read for metrics.
     wal: Wal,
+    metrics: Arc<ConsensusMetrics>,
     request_timeout: Duration,
 }
 
@@ -137,6 +140,7 @@ impl Replica {
     ) -> Result<(Replica, PeerHandler), OpenError> {
         let log_store = LogStore::open(&config.member_dir, config.synchronous_io)?;
         let wal = log_store.wal();
+        let metrics = Arc::new(ConsensusMetrics::new(log_store.committed_index()));
         let snapshots = SnapshotStore::open(&config.member_dir.join("snap"))?;
         let first_proposal_id = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -148,6 +152,7 @@ impl Replica {
             config.member_id,
             first_proposal_id,
             config.synchronous_io,
+            metrics.clone(),
         )?;
         let shared = state_machine.shared();
         let raft_config = openraft::Config {
@@ -185,6 +190,7 @@ impl Replica {
             // restarted single member serves at once (as etcd's does).
             let _ = raft.trigger().elect().await;
         }
+        tokio::spawn(crate::metrics::watch_leader(raft.clone(), metrics.clone()));
         let proposals = Arc::new(ProposalBatcher::start(raft.clone()));
         let handler = PeerHandler::new(raft.clone(), proposals.clone());
         let reads = ReadBatcher::start(raft.clone(), transport.clone(), config.member_id);
@@ -197,6 +203,7 @@ impl Replica {
                 reads,
                 proposals,
                 wal,
+                metrics,
                 request_timeout: config.request_timeout,
             }),
         };
@@ -223,6 +230,16 @@ impl Replica {
 
     pub fn wal_stats(&self) -> WalStats {
         self.inner.wal.stats()
+    }
+
+    /// Durations of the WAL's group-commit fsyncs.
+    pub fn wal_fsync_durations(&self) -> HistogramSnapshot {
+        self.inner.wal.fsync_durations()
+    }
+
+    /// Counters of proposals, commits, applies and leader changes.
+    pub fn consensus_metrics(&self) -> ConsensusMetricsSnapshot {
+        self.inner.metrics.snapshot()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -265,6 +282,28 @@ impl Replica {
     /// machine checks permissions for (`None`: the node's own request). `max_bytes` bounds the
     /// encoded entry.
     pub async fn propose(
+        &self,
+        request: Request,
+        auth: Option<AuthInfo>,
+        now_unix_ms: i64,
+        max_bytes: usize,
+    ) -> Result<ApplyResponse, ConsensusError> {
+        let _pending = PendingProposal::start(&self.inner.metrics);
+        let outcome = self
+            .propose_pending(request, auth, now_unix_ms, max_bytes)
+            .await;
+        if let Err(error) = &outcome {
+            if !matches!(error, ConsensusError::Mvcc(_)) {
+                self.inner
+                    .metrics
+                    .proposals_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        outcome
+    }
+
+    async fn propose_pending(
         &self,
         request: Request,
         auth: Option<AuthInfo>,

@@ -26,6 +26,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::error::OpenError;
+use crate::metrics::ConsensusMetrics;
 use crate::types::{
     Entry, LogId, MemberId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -42,6 +43,7 @@ pub struct Replicated {
     applied_index: watch::Sender<u64>,
     pub waits: WaitRegistry,
     member_id: MemberId,
+    metrics: Arc<ConsensusMetrics>,
 }
 
 impl Replicated {
@@ -166,6 +168,7 @@ impl StateMachine {
         member_id: MemberId,
         first_proposal_id: u64,
         synchronous: bool,
+        metrics: Arc<ConsensusMetrics>,
     ) -> Result<StateMachine, OpenError> {
         let engine: Box<dyn Engine> = match snapshots.load_latest()? {
             Some((_, data)) => Box::new(MemoryEngine::decode_snapshot(&data)?),
@@ -187,6 +190,7 @@ impl StateMachine {
                 applied_index,
                 waits: WaitRegistry::new(first_proposal_id),
                 member_id,
+                metrics,
             }),
             snapshots: Arc::new(snapshots),
             applied,
@@ -240,6 +244,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let shared = self.shared.clone();
+        let started = std::time::Instant::now();
         let mut store = shared.store_mut();
         let mut applied = 0;
         for entry in entries {
@@ -249,6 +254,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         store.set_consensus_state(self.applied.encode());
         let index = self.applied.last_applied.map_or(0, |log_id| log_id.index);
         shared.publish(&store, index);
+        drop(store);
+        shared.metrics.apply_seconds.observe(started.elapsed());
         Ok(vec![(); applied])
     }
 

@@ -1,6 +1,9 @@
 //! openraft's storage test suite against Cairn's log store (on the WAL) and state machine.
 
+use std::sync::Arc;
+
 use cairn_consensus::log_store::LogStore;
+use cairn_consensus::metrics::ConsensusMetrics;
 use cairn_consensus::state_machine::StateMachine;
 use cairn_consensus::types::{StorageError, TypeConfig};
 use cairn_mvcc::StoreConfig;
@@ -13,9 +16,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = LogStore::open(dir.path(), false).expect("log store opens");
+        let metrics = Arc::new(ConsensusMetrics::new(log.committed_index()));
         let snapshots = SnapshotStore::open(&dir.path().join("snap")).expect("snapshot store");
-        let state_machine = StateMachine::open(snapshots, StoreConfig::default(), 1, 1, false)
-            .expect("state machine opens");
+        let state_machine =
+            StateMachine::open(snapshots, StoreConfig::default(), 1, 1, false, metrics)
+                .expect("state machine opens");
         Ok((dir, log, state_machine))
     }
 }

@@ -19,24 +19,29 @@
 //! - [`raftpb`]: the peer protocol — openraft's messages, the durable raft log entry and vote,
 //!   and the write/read-index requests a follower sends its leader (`proto/cairn/raftpb/raft.proto`).
 //!
+//! The etcd packages also carry serde impls (protobuf's JSON mapping, for the HTTP gateway).
+//!
 //! Generated code is exempt from clippy; nothing else lives here.
 
 /// etcd's MVCC types: `KeyValue`, `Event`.
 #[allow(clippy::all)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// etcd's auth store records: `User`, `Role`, `Permission`.
 #[allow(clippy::all)]
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// etcd's v3 gRPC API: messages plus `kv_server`, `watch_server`, … and their `*_client` twins.
 #[allow(clippy::all)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// etcd's Election service.

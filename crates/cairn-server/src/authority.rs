@@ -11,6 +11,9 @@
 //!   table tracked) and re-encoded with the scheme stripped, as literals that never index, so
 //!   hyper's decoding table stays empty and in step.
 //!
+//! A connection that does not open with the HTTP/2 preface (HTTP/1.1: the JSON gateway,
+//! `/health`, `/metrics`) is passed through untouched from its first byte on.
+//!
 //! Only client → server bytes are inspected. Frames other than HEADERS/CONTINUATION pass
 //! through untouched.
 //!
@@ -25,7 +28,8 @@ use fluke_hpack::Decoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The client connection preface, passed through as is.
-const PREFACE_LEN: usize = 24;
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_CONTINUATION: u8 = 0x9;
@@ -97,6 +101,12 @@ impl<S> AuthorityFix<S> {
                     return Ok(progressed);
                 }
                 Mode::Preface => {
+                    let seen = self.input.len().min(PREFACE_LEN);
+                    if self.input[..seen] != PREFACE[..seen] {
+                        // Not HTTP/2 with prior knowledge: nothing of ours to fix.
+                        self.mode = Mode::Passthrough;
+                        continue;
+                    }
                     if self.input.len() < PREFACE_LEN {
                         return Ok(progressed);
                     }
@@ -484,6 +494,20 @@ mod tests {
         input.extend(frame(FRAME_CONTINUATION, FLAG_END_HEADERS, 1, second));
         let (blocks, _) = rewrite(input).await;
         assert_eq!(authority(&blocks[0]), b"example.com:2379");
+    }
+
+    #[tokio::test]
+    async fn http1_connections_pass_through_byte_for_byte() {
+        for input in [
+            &b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\n\r\n",
+        ] {
+            let mut wrapped = AuthorityFix::new(input);
+            let mut output = Vec::new();
+            wrapped.read_to_end(&mut output).await.unwrap();
+            assert_eq!(output, input);
+            assert_eq!(wrapped.mode, Mode::Passthrough, "{input:?}");
+        }
     }
 
     #[test]

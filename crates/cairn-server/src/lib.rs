@@ -14,6 +14,8 @@
 //! - `services/` — KV, Watch, Lease, Maintenance, Cluster, Auth, Election, Lock (the last two
 //!   on `services/concurrency`, etcd's lock/election recipes run on the server).
 //! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
+//! - `http/` — the HTTP/1.1 side of the client port: etcd's JSON gateway, `/health`,
+//!   `/version`, `/metrics`; `metrics` — Prometheus exposition, the gRPC call counters.
 //! - `authority` — accepts clients that send a URL as the HTTP/2 `:authority` (etcdctl 3.4).
 //! - `tls` — rustls for https client and peer URLs.
 //! - `error`, `limits`.
@@ -22,9 +24,11 @@ pub mod auth;
 pub mod authority;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod identity;
 pub mod lease_expiry;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod services;

@@ -6,6 +6,7 @@
 //! writes a final snapshot.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::etcdserverpb::auth_server::AuthServer;
@@ -18,12 +19,14 @@ use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
 use futures::StreamExt;
 use tokio::sync::oneshot;
+use tonic::service::Routes;
 use tracing::{info, warn};
 
 use crate::authority::AuthorityFix;
 use crate::config::{is_https, ServerConfig};
 use crate::error::StartError;
 use crate::limits::GRPC_OVERHEAD_BYTES;
+use crate::metrics::grpc::{GrpcMetrics, GrpcMetricsLayer};
 use crate::node::{bind_listeners, Node};
 use crate::services::auth::AuthService;
 use crate::services::cluster::ClusterService;
@@ -69,35 +72,44 @@ pub async fn run(
         signal_node.begin_stop();
         let _ = begun_tx.send(());
     };
+    let grpc_metrics = Arc::new(GrpcMetrics::default());
+    let mut grpc = Routes::builder();
+    grpc.add_service(
+        KvServer::new(KvService::new(node.clone())).max_decoding_message_size(message_bytes_max),
+    );
+    grpc.add_service(
+        WatchServer::new(WatchService::new(node.clone()))
+            .max_decoding_message_size(message_bytes_max),
+    );
+    grpc.add_service(
+        LeaseServer::new(LeaseService::new(node.clone()))
+            .max_decoding_message_size(message_bytes_max),
+    );
+    grpc.add_service(ClusterServer::new(ClusterService::new(node.clone())));
+    grpc.add_service(AuthServer::new(AuthService::new(node.clone())));
+    grpc.add_service(
+        MaintenanceServer::new(MaintenanceService::new(node.clone()))
+            .max_decoding_message_size(message_bytes_max)
+            .max_encoding_message_size(usize::MAX),
+    );
+    grpc.add_service(
+        ElectionServer::new(ElectionService::new(node.clone()))
+            .max_decoding_message_size(message_bytes_max),
+    );
+    grpc.add_service(
+        LockServer::new(LockService::new(node.clone()))
+            .max_decoding_message_size(message_bytes_max),
+    );
+    // One port for both, like etcd: HTTP/2 requests are gRPC (routed by path), HTTP/1.1 ones
+    // reach the JSON gateway, /health, /version and /metrics.
+    let router = grpc
+        .routes()
+        .into_axum_router()
+        .merge(crate::http::routes(&node, grpc_metrics.clone()));
     let serve = tonic::transport::Server::builder()
-        .add_service(
-            KvServer::new(KvService::new(node.clone()))
-                .max_decoding_message_size(message_bytes_max),
-        )
-        .add_service(
-            WatchServer::new(WatchService::new(node.clone()))
-                .max_decoding_message_size(message_bytes_max),
-        )
-        .add_service(
-            LeaseServer::new(LeaseService::new(node.clone()))
-                .max_decoding_message_size(message_bytes_max),
-        )
-        .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-        .add_service(AuthServer::new(AuthService::new(node.clone())))
-        .add_service(
-            MaintenanceServer::new(MaintenanceService::new(node.clone()))
-                .max_decoding_message_size(message_bytes_max)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            ElectionServer::new(ElectionService::new(node.clone()))
-                .max_decoding_message_size(message_bytes_max),
-        )
-        .add_service(
-            LockServer::new(LockService::new(node.clone()))
-                .max_decoding_message_size(message_bytes_max),
-        )
-        .serve_with_incoming_shutdown(incoming, signal);
+        .accept_http1(true)
+        .layer(GrpcMetricsLayer::new(grpc_metrics))
+        .serve_with_incoming_shutdown(Routes::from(router).prepare(), incoming, signal);
     info!(
         name = %config.name,
         member_id = format!("{:x}", node.identity().member_id),
@@ -105,6 +117,12 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "ready to serve client requests"
     );
+    for url in &config.advertise_client_urls {
+        info!(
+            "metrics at {}/metrics, health at {url}/health, JSON gateway at {url}/v3/",
+            url.trim_end_matches('/')
+        );
+    }
     let grace = async {
         let _ = begun_rx.await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

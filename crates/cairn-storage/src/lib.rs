@@ -11,6 +11,7 @@
 //! - `memory` — the default engine: ordered in-memory maps, persisted by snapshot + WAL replay.
 //! - `bucket_map` — the map behind one bucket: a B-tree, or a sorted log for growing keys.
 //! - `schema` — every bucket and meta key with its numeric id.
+//! - `metrics` — lock-free latency histograms (etcd's disk buckets) for the layers above.
 //! - `limits`, `error` — explicit bounds and the typed errors of this crate.
 
 pub mod bucket_map;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod schema;
 pub mod snapshot;
 pub mod wal;

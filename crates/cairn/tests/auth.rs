@@ -1,6 +1,7 @@
 //! Auth end to end: etcdctl's user/role/auth flows against a real `cairn serve`, refusals
 //! with etcd's errors on range, put, watch and lease keep-alive, a revoked permission taking
-//! effect on the next request, the Lock service acting for its caller, admin-only RPCs, JWT tokens, and simple tokens honoured by every
+//! effect on the next request, the Lock service acting for its caller, the JSON gateway's
+//! `/v3/auth/*` and `Authorization` header, admin-only RPCs, JWT tokens, and simple tokens honoured by every
 //! member of a cluster.
 
 mod common;
@@ -11,8 +12,10 @@ use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_proto::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest};
 use common::cluster::CairnCluster;
+use common::http::{b64, post};
 use common::{channel, etcdctl, etcdctl_ok, require_tool, wait_until, Cairn};
 use etcd_client::{ConnectOptions, Permission, PutOptions};
+use serde_json::json;
 use tonic::{Code, Request};
 
 /// Fast hashing: the tests check behaviour, not the KDF's cost.
@@ -412,4 +415,90 @@ async fn a_simple_token_from_one_member_works_on_every_member() {
             .expect_err("outside alice's prefix");
         assert_eq!(refused.code(), Code::PermissionDenied, "member {member}");
     }
+}
+
+fn put_body(key: &str) -> serde_json::Value {
+    json!({"key": b64(key.as_bytes()), "value": b64(b"v")})
+}
+
+/// `POST url` with `body`, the token (if any) in the `Authorization` header as etcd's gateway
+/// expects it.
+async fn gateway_post(
+    curl: &std::path::Path,
+    url: &str,
+    body: &serde_json::Value,
+    token: Option<&str>,
+) -> common::http::Answer {
+    let body = body.to_string();
+    let header = token.map(|token| format!("Authorization: {token}"));
+    let mut args = vec!["-X", "POST", url, "-d", &body];
+    if let Some(header) = &header {
+        args.extend(["-H", header]);
+    }
+    common::http::curl(curl, &args).await
+}
+
+#[tokio::test]
+async fn the_json_gateway_authenticates_and_enforces_permissions() {
+    let (Some(tool), Some(curl)) = (require_tool("etcdctl"), common::http::curl_tool()) else {
+        return;
+    };
+    let cairn = Cairn::start(&FAST_BCRYPT).await;
+    set_up_users(&tool, &cairn.host_port());
+    let url = |path: &str| format!("{}{path}", cairn.endpoint());
+    let login = json!({"name": "alice", "password": "alicepw"});
+    let answer = post(&curl, &url("/v3/auth/authenticate"), &login).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let token = answer.json()["token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let ok = gateway_post(&curl, &url("/v3/kv/put"), &put_body("app/gw"), Some(&token)).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let denied = gateway_post(&curl, &url("/v3/kv/put"), &put_body("secret"), Some(&token)).await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert_eq!(denied.json()["message"], "etcdserver: permission denied");
+    let anonymous = gateway_post(&curl, &url("/v3/kv/put"), &put_body("app/gw"), None).await;
+    assert_eq!(
+        anonymous.json()["message"],
+        "etcdserver: user name is empty",
+        "{}",
+        anonymous.body
+    );
+    let bad_login = json!({"name": "alice", "password": "nope"});
+    let refused = post(&curl, &url("/v3/auth/authenticate"), &bad_login).await;
+    assert_eq!(
+        refused.json()["message"],
+        "etcdserver: authentication failed, invalid user ID or password"
+    );
+    // Administration through the gateway needs root's token too.
+    let root = post(
+        &curl,
+        &url("/v3/auth/authenticate"),
+        &json!({"name": "root", "password": "rootpw"}),
+    )
+    .await
+    .json()["token"]
+        .as_str()
+        .expect("root token")
+        .to_string();
+    let users = common::http::curl(
+        &curl,
+        &[
+            "-X",
+            "POST",
+            &url("/v3/auth/user/list"),
+            "-d",
+            "{}",
+            "-H",
+            &format!("Authorization: {root}"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        users.json()["users"],
+        json!(["alice", "root"]),
+        "{}",
+        users.body
+    );
 }

@@ -21,6 +21,9 @@ use crate::node::Node;
 /// the logs and `cairn --version`.
 pub const ETCD_VERSION: &str = "3.5.17";
 
+/// The cluster version etcd 3.5 reports (major.minor.0), on `/version`.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
 pub struct MaintenanceService {
     node: Node,
 }

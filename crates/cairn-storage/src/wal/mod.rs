@@ -76,6 +76,7 @@ use crate::error::WalError;
 use crate::limits::{
     WAL_QUEUE_BATCHES_MAX, WAL_RECORD_DATA_BYTES_MAX, WAL_SEGMENT_BYTES_MAX_DEFAULT,
 };
+use crate::metrics::HistogramSnapshot;
 use writer::{Command, Counters, Reply, Writer};
 
 /// One log entry. `data` is opaque to the WAL.
@@ -325,6 +326,11 @@ impl Wal {
     /// Counters for metrics.
     pub fn stats(&self) -> WalStats {
         self.inner.counters.snapshot()
+    }
+
+    /// Durations of the group-commit fdatasyncs so far.
+    pub fn fsync_durations(&self) -> HistogramSnapshot {
+        self.inner.counters.fsync_seconds.snapshot()
     }
 
     /// Sends a control command, updating the queued next index with `next_index` (computed

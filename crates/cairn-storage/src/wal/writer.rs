@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Corruption, WalError};
 use crate::limits::WAL_GROUP_BYTES_MAX;
+use crate::metrics::Histogram;
 use crate::wal::record;
 use crate::wal::repair::Recovered;
 use crate::wal::segment::{self, SegmentFile, SEGMENT_HEADER_BYTES};
@@ -62,15 +63,31 @@ impl Command {
 }
 
 /// Counters shared with the handle, written only by the writer thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     fsyncs: AtomicU64,
     entries_written: AtomicU64,
     bytes_written: AtomicU64,
     last_fsync_us: AtomicU64,
+    /// Group-commit fdatasync durations (`etcd_disk_wal_fsync_duration_seconds`).
+    pub(crate) fsync_seconds: Histogram,
     /// Test seam: when set, the next group-commit fsync fails as if the disk had.
     #[cfg(test)]
     pub(crate) fail_next_fsync: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            fsyncs: AtomicU64::new(0),
+            entries_written: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            last_fsync_us: AtomicU64::new(0),
+            fsync_seconds: Histogram::disk_seconds(),
+            #[cfg(test)]
+            fail_next_fsync: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl Counters {
@@ -279,7 +296,9 @@ impl Writer {
             .file
             .sync_data()
             .map_err(|e| WalError::io("fsync", path, e))?;
-        let elapsed_us = started.elapsed().as_micros() as u64;
+        let elapsed = started.elapsed();
+        self.counters.fsync_seconds.observe(elapsed);
+        let elapsed_us = elapsed.as_micros() as u64;
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.counters
             .last_fsync_us

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
 pub mod cluster;
+pub mod http;
 pub mod workload;
 
 use std::net::TcpListener;
@@ -41,9 +42,9 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     if found.is_none() {
         assert!(
             std::env::var("CI").map_or(true, |ci| ci != "true"),
-            "{name} is required under CI=true (install Debian's etcd-server/etcd-client)"
+            "{name} is required under CI=true (Debian packages: etcd-server, etcd-client, curl)"
         );
-        eprintln!("SKIPPED: {name} not on PATH (install Debian's etcd-server and etcd-client)");
+        eprintln!("SKIPPED: {name} not on PATH (Debian packages: etcd-server, etcd-client, curl)");
     }
     found
 }
