@@ -217,9 +217,15 @@ async fn watch_keepalive_and_revocation_are_enforced_on_a_live_token() {
     assert_eq!(renewed.ttl(), 60);
 
     // The Lock service acts for its caller: only inside alice's prefix.
-    let held = alice.lock("app/lock", None).await.expect("alice locks her prefix");
+    let held = alice
+        .lock("app/lock", None)
+        .await
+        .expect("alice locks her prefix");
     alice.unlock(held.key()).await.expect("and unlocks");
-    let error = alice.lock("secret-lock", None).await.expect_err("lock outside");
+    let error = alice
+        .lock("secret-lock", None)
+        .await
+        .expect_err("lock outside");
     assert!(error.to_string().contains("permission denied"), "{error}");
 
     // Revoking the permission stops alice's very next write, on the same token.
