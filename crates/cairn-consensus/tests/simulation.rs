@@ -459,11 +459,9 @@ impl Reconfiguration {
             cluster.start_joiner(self.joiner).await;
             self.started = true;
         }
-        let leader = cluster
-            .up()
-            .into_iter()
-            .find(|(_, replica)| replica.is_leader());
-        let Some((_, leader)) = leader else { return };
+        let Some(leader) = newest_leader(cluster) else {
+            return;
+        };
         let Some(change) = self.next_change(&leader, rng) else {
             self.done = true;
             return;
@@ -578,6 +576,18 @@ async fn restart(cluster: &mut SimCluster, members: &Members, id: u64) {
     }
 }
 
+/// The running member that leads in the highest term. A leader removed from the membership
+/// stops hearing from the cluster and (openraft 0.9) goes on calling itself leader of its old
+/// term until it is stopped, which happens here only once its removal is known to be done.
+fn newest_leader(cluster: &SimCluster) -> Option<Replica> {
+    cluster
+        .up()
+        .into_iter()
+        .map(|(_, replica)| replica)
+        .filter(Replica::is_leader)
+        .max_by_key(|replica| replica.status().term)
+}
+
 /// The change that takes the leader's joint configuration, if it has one, to its second half.
 /// openraft proposes the second half only from the `change_membership` call that proposed the
 /// joint one, so a leader change or a caller that gave up (our timeout) leaves the cluster
@@ -609,13 +619,19 @@ async fn settle_membership(cluster: &mut SimCluster) -> Result<(), String> {
     let deadline = Instant::now() + CONVERGE_BUDGET;
     let nodes: BTreeSet<u64> = loop {
         if Instant::now() > deadline {
-            return Err(format!("{LIVENESS}membership did not settle after healing"));
+            let views: Vec<_> = cluster
+                .up()
+                .into_iter()
+                .map(|(id, replica)| {
+                    let metrics = replica.metrics().borrow().clone();
+                    (id, replica.status(), metrics.membership_config)
+                })
+                .collect();
+            return Err(format!(
+                "{LIVENESS}membership did not settle after healing: {views:?}"
+            ));
         }
-        let leader = cluster
-            .up()
-            .into_iter()
-            .find(|(_, replica)| replica.is_leader());
-        if let Some((_, leader)) = leader {
+        if let Some(leader) = newest_leader(cluster) {
             let request = Request::Put(PutRequest {
                 key: b"settle".to_vec(),
                 ..Default::default()
