@@ -350,9 +350,11 @@ async fn expiry_driver(members: Members, recorder: Recorder, start: Instant) -> 
         tokio::time::sleep(EXPIRY_TICK).await;
         let leader = {
             let members = members.lock().expect("members");
+            // The newest leader: a removed one may still think it leads (see `newest_leader`).
             members
                 .values()
-                .find(|replica| replica.is_leader())
+                .filter(|replica| replica.is_leader())
+                .max_by_key(|replica| replica.status().term)
                 .cloned()
         };
         let Some(leader) = leader else { continue };
