@@ -35,7 +35,7 @@
 //! - liveness: once healed, the cluster takes a write through every member within a budget.
 //!
 //! Liveness stalls: rarely (about one seed in several thousand before leases and membership
-//! changes were added; none in 4,900 seeds since) a healed cluster stays leaderless for the
+//! changes were added; none in 4,600 seeds since) a healed cluster stays leaderless for the
 //! whole budget. The cause is not found. What is known: openraft 0.9 draws every election
 //! timeout from `AsyncRuntime::thread_rng()` (`Config::new_rand_election_timeout`; the tokio
 //! runtime answers `rand::thread_rng()`), so elections are not part of the seed and a stalled
