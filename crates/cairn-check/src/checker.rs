@@ -41,9 +41,9 @@ impl Default for CheckOptions {
 pub struct Report {
     /// Operations in the history.
     pub operations: usize,
-    /// Distinct keys.
+    /// Distinct objects searched: keys, and leases (whether each exists).
     pub keys: usize,
-    /// Acknowledged Put, Delete and CompareAndPut operations, whatever their outcome.
+    /// Acknowledged operations other than Get, whatever their outcome.
     pub acknowledged_writes: usize,
     /// Operations with unknown outcome.
     pub unknown_operations: usize,

@@ -32,17 +32,55 @@ pub enum Call {
         expected: Option<Value>,
         value: Value,
     },
+    /// A put that attaches the key to `lease` (etcd's `PutRequest.lease`); refused when the lease
+    /// does not exist. Any later write of the key without it detaches the key.
+    LeasePut {
+        key: Key,
+        value: Value,
+        lease: i64,
+    },
+    /// LeaseGrant with the id chosen by the client, so that histories name their leases; refused
+    /// when the id is in use. The TTL is not modelled: when a lease expires the expiry driver's
+    /// revoke is recorded like any client's.
+    LeaseGrant {
+        lease: i64,
+    },
+    /// LeaseRevoke, by a client or by the leader's expiry loop: deletes every key attached to the
+    /// lease, all at one revision (none, and no revision, when no key is attached).
+    LeaseRevoke {
+        lease: i64,
+    },
+    /// LeaseKeepAlive: succeeds only on a lease that exists. It may also fail on one that exists
+    /// but expired and awaits its revoke, which a client cannot tell from real time.
+    LeaseKeepAlive {
+        lease: i64,
+    },
 }
 
 impl Call {
-    /// The one key this call touches; every call touches exactly one, which is what lets the
-    /// checker split a history by key.
-    pub fn key(&self) -> &[u8] {
+    /// The key this call names, if any: lease calls other than `LeasePut` name none (a revoke
+    /// touches whatever keys are attached to its lease).
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
             Call::Put { key, .. }
             | Call::Get { key }
             | Call::Delete { key }
-            | Call::CompareAndPut { key, .. } => key,
+            | Call::CompareAndPut { key, .. }
+            | Call::LeasePut { key, .. } => Some(key),
+            Call::LeaseGrant { .. } | Call::LeaseRevoke { .. } | Call::LeaseKeepAlive { .. } => {
+                None
+            }
+        }
+    }
+
+    /// The lease this call names, if any.
+    pub fn lease(&self) -> Option<i64> {
+        match *self {
+            Call::LeasePut { lease, .. }
+            | Call::LeaseGrant { lease }
+            | Call::LeaseRevoke { lease }
+            | Call::LeaseKeepAlive { lease } => Some(lease),
+            _ => None,
         }
     }
 }
@@ -69,6 +107,15 @@ pub enum Outcome {
         revision: i64,
         succeeded: bool,
     },
+    /// A lease call that took effect: a grant of a new lease, a revoke of an existing one, a
+    /// keep-alive of a live one. (A `LeasePut` that took effect answers [`Outcome::Put`].)
+    Lease {
+        revision: i64,
+    },
+    /// A lease call refused, with no header (etcd answers an error): a grant of an id in use, or
+    /// a revoke, keep-alive or `LeasePut` naming a lease that does not exist (a keep-alive also
+    /// when its lease expired).
+    LeaseRefused,
     /// Timed out / connection lost: the call may or may not have taken effect (never assume
     /// lost).
     Unknown,
@@ -81,13 +128,15 @@ impl Outcome {
             Outcome::Put { revision }
             | Outcome::Get { revision, .. }
             | Outcome::Delete { revision, .. }
-            | Outcome::CompareAndPut { revision, .. } => Some(*revision),
-            Outcome::Unknown => None,
+            | Outcome::CompareAndPut { revision, .. }
+            | Outcome::Lease { revision } => Some(*revision),
+            Outcome::LeaseRefused | Outcome::Unknown => None,
         }
     }
 
     /// The revision this outcome created, if it reports a change of state (a Put, a Delete
-    /// that deleted, a CompareAndPut that succeeded).
+    /// that deleted, a CompareAndPut that succeeded). A revoke's outcome does not say whether it
+    /// deleted anything, so it reports none.
     pub fn mutation_revision(&self) -> Option<i64> {
         match self {
             Outcome::Put { revision } => Some(*revision),
@@ -113,8 +162,8 @@ pub struct Operation {
 }
 
 impl Operation {
-    /// The key the operation touches.
-    pub fn key(&self) -> &[u8] {
+    /// The key the operation names, if any.
+    pub fn key(&self) -> Option<&[u8]> {
         self.call.key()
     }
 
@@ -126,11 +175,12 @@ impl Operation {
         }
     }
 
-    /// The value this operation may have written to its key: a Put, or a CompareAndPut that
-    /// succeeded or whose outcome is unknown.
+    /// The value this operation may have written to its key: a Put, a LeasePut that was not
+    /// refused, or a CompareAndPut that succeeded or whose outcome is unknown.
     pub(crate) fn written_value(&self) -> Option<&[u8]> {
         match (&self.call, &self.outcome) {
-            (Call::Put { value, .. }, _) => Some(value),
+            (Call::LeasePut { .. }, Outcome::LeaseRefused) => None,
+            (Call::Put { value, .. } | Call::LeasePut { value, .. }, _) => Some(value),
             (
                 Call::CompareAndPut { value, .. },
                 Outcome::CompareAndPut {
@@ -199,6 +249,15 @@ impl fmt::Display for Call {
                 Register(expected.as_deref()),
                 Escaped(value)
             ),
+            Call::LeasePut { key, value, lease } => write!(
+                f,
+                "put({}, {}, lease {lease})",
+                Escaped(key),
+                Escaped(value)
+            ),
+            Call::LeaseGrant { lease } => write!(f, "lease_grant({lease})"),
+            Call::LeaseRevoke { lease } => write!(f, "lease_revoke({lease})"),
+            Call::LeaseKeepAlive { lease } => write!(f, "lease_keep_alive({lease})"),
         }
     }
 }
@@ -231,6 +290,8 @@ impl fmt::Display for Outcome {
                 let verdict = if *succeeded { "succeeded" } else { "failed" };
                 write!(f, "{verdict} at revision {revision}")
             }
+            Outcome::Lease { revision } => write!(f, "ok at revision {revision}"),
+            Outcome::LeaseRefused => f.write_str("refused (lease exists / not found)"),
             Outcome::Unknown => f.write_str("unknown"),
         }
     }

@@ -1,20 +1,31 @@
-//! `KeyHistory`: the operations of one key in model form, ready for the search.
+//! `KeyHistory`: the operations of one object (a key, or a lease's existence) in model form,
+//! ready for the search.
 //!
-//! Every call touches exactly one key and keys are independent registers, so a history is
-//! linearizable iff each key's sub-history is (P-compositionality, Herlihy & Wing 1990). This
-//! module splits a history by key, rejects malformed or impossible operations, interns values,
-//! drops reads with unknown outcome (they never constrain anything), and with revisions gives each
-//! acknowledged operation its [`RevisionSlot`].
+//! Keys are independent registers, so a history is linearizable iff each key's sub-history is
+//! (P-compositionality, Herlihy & Wing 1990). Lease calls are projected onto the objects they
+//! touch: a `LeasePut` onto its key and its lease, a revoke onto its lease and onto every key
+//! some `LeasePut` of the history attached to it. Checking each projection is sound (a
+//! linearization of the whole history projects onto one of each) though it does not see that
+//! a revoke deletes all its keys at once; the revision checks (`revisions`) cover part of that.
+//!
+//! This module splits a history by object, rejects malformed or impossible operations, interns
+//! values, drops reads with unknown outcome (they never constrain anything), and with revisions
+//! gives each acknowledged operation on a key its [`RevisionSlot`]. Lease objects get no slots:
+//! grants and keep-alives do not move etcd's revision counter.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::Violation;
 use crate::history::{Call, History, Key, Operation, Outcome, Value};
 use crate::model::{RegisterOp, RevisionSlot, ValueId};
 
-/// One key's operations, acknowledged ones first.
+/// What a lease object's register holds while the lease exists.
+const GRANTED: &[u8] = b"granted";
+
+/// One object's operations, acknowledged ones first.
 #[derive(Debug)]
 pub(crate) struct KeyHistory {
+    /// The key, or for a lease `<lease N>` (the name reports use).
     pub key: Key,
     /// `ops[..acked]` are acknowledged, `ops[acked..]` have unknown outcome.
     pub ops: Vec<KeyOp>,
@@ -23,7 +34,7 @@ pub(crate) struct KeyHistory {
     pub values: Vec<Value>,
 }
 
-/// One operation of the key.
+/// One operation of the object.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KeyOp {
     /// Index into `History::operations`, to report the operation as recorded.
@@ -32,11 +43,30 @@ pub(crate) struct KeyOp {
     pub invoke_ns: u64,
     /// None for an unknown outcome: the operation never returns.
     pub return_ns: Option<u64>,
-    /// Present for acknowledged operations when revisions are used.
+    /// Present for acknowledged operations on keys when revisions are used.
     pub slot: Option<RevisionSlot>,
 }
 
-/// Splits `history` by key, in key order.
+/// What the search linearizes: a key, or whether a lease exists. Keys sort first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Object<'a> {
+    Key(&'a [u8]),
+    Lease(i64),
+}
+
+/// Per lease, the keys some `LeasePut` of the history (whatever its outcome) names with it: the
+/// only keys a revoke of the lease may delete.
+pub(crate) fn attachable(history: &History) -> HashMap<i64, BTreeSet<&[u8]>> {
+    let mut keys: HashMap<i64, BTreeSet<&[u8]>> = HashMap::new();
+    for operation in &history.operations {
+        if let Call::LeasePut { key, lease, .. } = &operation.call {
+            keys.entry(*lease).or_default().insert(key);
+        }
+    }
+    keys
+}
+
+/// Splits `history` by object, keys in key order first, then leases.
 pub(crate) fn split(history: &History, revisions: bool) -> Result<Vec<KeyHistory>, Violation> {
     // Value ids and mutation counts are u32 to keep search states small.
     assert!(
@@ -44,19 +74,34 @@ pub(crate) fn split(history: &History, revisions: bool) -> Result<Vec<KeyHistory
         "a history of {} operations is beyond the checker",
         history.operations.len()
     );
-    let mut by_key: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
+    let attachable = attachable(history);
+    let mut by_object: BTreeMap<Object<'_>, Vec<usize>> = BTreeMap::new();
     for (index, operation) in history.operations.iter().enumerate() {
-        by_key.entry(operation.key()).or_default().push(index);
+        if let Some(key) = operation.key() {
+            by_object.entry(Object::Key(key)).or_default().push(index);
+        }
+        let Some(lease) = operation.call.lease() else {
+            continue;
+        };
+        by_object
+            .entry(Object::Lease(lease))
+            .or_default()
+            .push(index);
+        if let Call::LeaseRevoke { .. } = operation.call {
+            for key in attachable.get(&lease).into_iter().flatten() {
+                by_object.entry(Object::Key(key)).or_default().push(index);
+            }
+        }
     }
-    by_key
+    by_object
         .into_iter()
-        .map(|(key, indices)| key_history(history, key, &indices, revisions))
+        .map(|(object, indices)| key_history(history, object, &indices, revisions))
         .collect()
 }
 
 fn key_history(
     history: &History,
-    key: &[u8],
+    object: Object<'_>,
     indices: &[usize],
     revisions: bool,
 ) -> Result<KeyHistory, Violation> {
@@ -64,7 +109,20 @@ fn key_history(
     let mut ops = Vec::with_capacity(indices.len());
     for &history_index in indices {
         let operation = &history.operations[history_index];
-        let Some(op) = register_op(operation, &mut interner, revisions)? else {
+        if operation
+            .returned_ns()
+            .is_some_and(|r| r < operation.invoke_ns)
+        {
+            return Err(Violation::Malformed {
+                operation: Box::new(operation.clone()),
+                reason: "returned before it was invoked",
+            });
+        }
+        let op = match object {
+            Object::Key(_) => register_op(operation, &mut interner, revisions)?,
+            Object::Lease(_) => lease_op(operation, &mut interner)?,
+        };
+        let Some(op) = op else {
             continue;
         };
         ops.push(KeyOp {
@@ -75,45 +133,67 @@ fn key_history(
             slot: None,
         });
     }
-    if revisions {
+    if revisions && matches!(object, Object::Key(_)) {
         assign_slots(history, &mut ops);
     }
     ops.sort_by_key(|op| (op.op.is_unknown(), op.invoke_ns, op.history_index));
+    let key = match object {
+        Object::Key(key) => key.to_vec(),
+        Object::Lease(lease) => format!("<lease {lease}>").into_bytes(),
+    };
     Ok(KeyHistory {
-        key: key.to_vec(),
+        key,
         acked: ops.iter().filter(|op| !op.op.is_unknown()).count(),
         ops,
         values: interner.values,
     })
 }
 
-/// The model form of `operation`, None for a read with unknown outcome.
+fn malformed(operation: &Operation) -> Violation {
+    Violation::Malformed {
+        operation: Box::new(operation.clone()),
+        reason: "the outcome does not answer the call",
+    }
+}
+
+/// The model form of `operation` on its key (or, for a revoke, on a key it may delete), None
+/// when it does not constrain the key: a read with unknown outcome, a refused `LeasePut`.
 fn register_op(
     operation: &Operation,
     interner: &mut Interner,
     revisions: bool,
 ) -> Result<Option<RegisterOp>, Violation> {
-    let malformed = |reason| Violation::Malformed {
-        operation: Box::new(operation.clone()),
-        reason,
-    };
     let impossible = |reason| Violation::ImpossibleOutcome {
         operation: Box::new(operation.clone()),
         reason,
     };
-    if operation
-        .returned_ns()
-        .is_some_and(|r| r < operation.invoke_ns)
-    {
-        return Err(malformed("returned before it was invoked"));
-    }
     let op = match (&operation.call, &operation.outcome) {
         (Call::Put { value, .. }, Outcome::Put { .. }) => RegisterOp::Put {
             value: interner.id(value),
+            lease: 0,
         },
         (Call::Put { value, .. }, Outcome::Unknown) => RegisterOp::MaybePut {
             value: interner.id(value),
+            lease: 0,
         },
+        (Call::LeasePut { value, lease, .. }, Outcome::Put { .. }) => RegisterOp::Put {
+            value: interner.id(value),
+            lease: *lease,
+        },
+        (Call::LeasePut { value, lease, .. }, Outcome::Unknown) => RegisterOp::MaybePut {
+            value: interner.id(value),
+            lease: *lease,
+        },
+        (Call::LeasePut { .. }, Outcome::LeaseRefused) => return Ok(None),
+        (Call::LeaseRevoke { lease }, Outcome::Lease { .. }) => {
+            RegisterOp::Revoke { lease: *lease }
+        }
+        (Call::LeaseRevoke { lease }, Outcome::LeaseRefused) => {
+            RegisterOp::RevokeRefused { lease: *lease }
+        }
+        (Call::LeaseRevoke { lease }, Outcome::Unknown) => {
+            RegisterOp::MaybeRevoke { lease: *lease }
+        }
         (
             Call::Get { .. },
             Outcome::Get {
@@ -152,10 +232,48 @@ fn register_op(
                     succeeded: *succeeded,
                 },
                 Outcome::Unknown => RegisterOp::MaybeCompareAndPut { expected, value },
-                _ => return Err(malformed("the outcome does not answer the call")),
+                _ => return Err(malformed(operation)),
             }
         }
-        _ => return Err(malformed("the outcome does not answer the call")),
+        _ => return Err(malformed(operation)),
+    };
+    Ok(Some(op))
+}
+
+/// The model form of `operation` on its lease's existence: a grant puts the register from
+/// absent, a revoke deletes it, a keep-alive that succeeded and a `LeasePut` read it. None when
+/// it does not constrain the lease: a read with unknown outcome, a refused keep-alive (the lease
+/// may exist but have expired).
+fn lease_op(
+    operation: &Operation,
+    interner: &mut Interner,
+) -> Result<Option<RegisterOp>, Violation> {
+    let granted = interner.id(GRANTED);
+    let read = |present: bool| RegisterOp::Get {
+        value: present.then_some(granted),
+        mod_revision: None,
+    };
+    let grant = |succeeded| RegisterOp::CompareAndPut {
+        expected: None,
+        value: granted,
+        succeeded,
+    };
+    let op = match (&operation.call, &operation.outcome) {
+        (Call::LeaseGrant { .. }, Outcome::Lease { .. }) => grant(true),
+        (Call::LeaseGrant { .. }, Outcome::LeaseRefused) => grant(false),
+        (Call::LeaseGrant { .. }, Outcome::Unknown) => RegisterOp::MaybeCompareAndPut {
+            expected: None,
+            value: granted,
+        },
+        (Call::LeaseRevoke { .. }, Outcome::Lease { .. }) => RegisterOp::Delete { deleted: 1 },
+        (Call::LeaseRevoke { .. }, Outcome::LeaseRefused) => RegisterOp::Delete { deleted: 0 },
+        (Call::LeaseRevoke { .. }, Outcome::Unknown) => RegisterOp::MaybeDelete,
+        (Call::LeaseKeepAlive { .. }, Outcome::Lease { .. }) => read(true),
+        (Call::LeaseKeepAlive { .. }, Outcome::LeaseRefused | Outcome::Unknown) => return Ok(None),
+        (Call::LeasePut { .. }, Outcome::Put { .. }) => read(true),
+        (Call::LeasePut { .. }, Outcome::LeaseRefused) => read(false),
+        (Call::LeasePut { .. }, Outcome::Unknown) => return Ok(None),
+        _ => return Err(malformed(operation)),
     };
     Ok(Some(op))
 }
@@ -284,8 +402,8 @@ mod tests {
         let a = &keys[0];
         assert_eq!(a.key, k("a"));
         assert_eq!((a.ops.len(), a.acked), (2, 1));
-        assert_eq!(a.ops[0].op, RegisterOp::Put { value: 0 });
-        assert_eq!(a.ops[1].op, RegisterOp::MaybePut { value: 0 });
+        assert_eq!(a.ops[0].op, RegisterOp::Put { value: 0, lease: 0 });
+        assert_eq!(a.ops[1].op, RegisterOp::MaybePut { value: 0, lease: 0 });
         assert_eq!(a.values, vec![k("x")]);
         assert_eq!(
             a.ops[0].slot,

@@ -11,7 +11,9 @@
 //!
 //! - *Lazy application.* A chain of unknown operations is applied only right before an
 //!   acknowledged operation the model refuses without the chain. If it accepted it, that
-//!   operation could go first and the chain after it, or not at all, with the same effect.
+//!   operation could go first and the chain after it, or not at all, with the same effect;
+//!   except a revoke, whose effect depends on the state (whether the key is attached), so a
+//!   chain may always precede it.
 //! - *Overwrites start chains.* An unknown put or delete ignores the state before it, so it is
 //!   never applied after another unknown operation in a chain: that one would be wasted.
 //! - *Acknowledged first.* A node tries acknowledged candidates before unknown ones, so nodes are
@@ -153,7 +155,11 @@ impl<'a> Search<'a> {
         let key_op = &self.key.ops[op];
         let step = |state: &State| model::step(state, &key_op.op, key_op.slot.as_ref());
         let next = match (phase, node.chain_from) {
-            (Phase::Acked, Some(before_chain)) if step(&before_chain).is_ok() => return None,
+            (Phase::Acked, Some(before_chain))
+                if !key_op.op.effect_depends_on_state() && step(&before_chain).is_ok() =>
+            {
+                return None
+            }
             (Phase::Acked, _) => Node {
                 state: step(&node.state).ok()?,
                 chain_from: None,

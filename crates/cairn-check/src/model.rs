@@ -1,14 +1,21 @@
 //! The register model of one key: the sequential specification the search linearizes against.
 //!
-//! A key holds `Option<Value>`. Put sets it, Delete clears it (and reports 1 if it was present,
-//! else 0), CompareAndPut sets it iff it equals `expected` (and reports whether it did), Get
-//! returns it. Values are interned per key ([`ValueId`]) so a state is small, `Copy` and cheap to
+//! A key holds `Option<Value>` and the lease it is attached to. Put sets it (attaching the lease
+//! it names, detaching any other), Delete clears it (and reports 1 if it was present, else 0),
+//! CompareAndPut sets it iff it equals `expected` (and reports whether it did), Get returns it,
+//! and a revoke of the key's lease clears it. A revoke that found no lease requires that the
+//! key is not attached to it: a key outliving its lease is a lost deletion.
+//!
+//! A lease's existence is a register too, driven through the same ops by `key_history`: a grant
+//! is a CompareAndPut from absent, a revoke a Delete, a keep-alive or LeasePut a Get. Values are interned per key ([`ValueId`]) so a state is small, `Copy` and cheap to
 //! hash in the search's memo.
 //!
 //! With revisions the model is stronger, at no cost to its correctness on etcd histories:
 //! acknowledged mutations of the key must apply in revision order, every acknowledged operation
-//! must apply after exactly the acknowledged mutations at or below its header revision, and a
-//! read's mod_revision must be the revision of the write it reads from. Without revisions
+//! must apply after exactly the acknowledged mutations at or below its header revision, header
+//! revisions never go down along the order (etcd's counter only grows: this is what places a
+//! revoke, which may not count as a mutation of the key, among the reads), and a read's
+//! mod_revision must be the revision of the write it reads from. Without revisions
 //! ([`RevisionSlot`] absent, `mod_revision` None) it is the plain register.
 
 use crate::history::{Register, Value};
@@ -25,6 +32,8 @@ const UNOBSERVED: ValueId = ValueId::MAX;
 pub(crate) enum RegisterOp {
     Put {
         value: ValueId,
+        /// The lease the put attaches the key to; 0 for none (etcd's convention).
+        lease: i64,
     },
     Get {
         value: Option<ValueId>,
@@ -39,10 +48,23 @@ pub(crate) enum RegisterOp {
         value: ValueId,
         succeeded: bool,
     },
+    /// A revoke of `lease` that found it: clears the key if it is attached to the lease. Not
+    /// counted as a mutation: its outcome does not say whether it deleted this key.
+    Revoke {
+        lease: i64,
+    },
+    /// A revoke that found no lease `lease`: the key cannot be attached to it.
+    RevokeRefused {
+        lease: i64,
+    },
     MaybePut {
         value: ValueId,
+        lease: i64,
     },
     MaybeDelete,
+    MaybeRevoke {
+        lease: i64,
+    },
     MaybeCompareAndPut {
         expected: Option<ValueId>,
         value: ValueId,
@@ -55,6 +77,7 @@ impl RegisterOp {
             self,
             RegisterOp::MaybePut { .. }
                 | RegisterOp::MaybeDelete
+                | RegisterOp::MaybeRevoke { .. }
                 | RegisterOp::MaybeCompareAndPut { .. }
         )
     }
@@ -83,8 +106,9 @@ impl RegisterOp {
             }
         };
         match *self {
-            RegisterOp::MaybePut { value } => RegisterOp::MaybePut {
+            RegisterOp::MaybePut { value, lease } => RegisterOp::MaybePut {
                 value: stand_in(value),
+                lease,
             },
             RegisterOp::MaybeCompareAndPut { expected, value } => RegisterOp::MaybeCompareAndPut {
                 expected,
@@ -92,6 +116,13 @@ impl RegisterOp {
             },
             other => other,
         }
+    }
+
+    /// Whether the op is acknowledged yet its effect depends on the state before it: a revoke
+    /// clears the key only if it is attached. Every other acknowledged op's effect follows from
+    /// its outcome, which the search's lazy application of unknown ops relies on.
+    pub(crate) fn effect_depends_on_state(&self) -> bool {
+        matches!(self, RegisterOp::Revoke { .. })
     }
 
     /// Whether the op's effect ignores the state before it. Such an unknown op makes any unknown
@@ -120,6 +151,11 @@ pub(crate) struct State {
     pub mod_revision: Option<i64>,
     /// Acknowledged mutations applied so far (counted only with revisions).
     pub mutations: u32,
+    /// The lease the value is attached to; 0 for none.
+    pub lease: i64,
+    /// The highest header revision applied so far (with revisions). Determined by the set of
+    /// acknowledged operations applied, so it adds no states to the search's memo.
+    pub revision: i64,
 }
 
 /// Why the model refuses an operation in a state.
@@ -128,6 +164,10 @@ pub(crate) enum Mismatch {
     RevisionOrder {
         mutations: u32,
         mutations_before: u32,
+    },
+    RevisionBackwards {
+        revision: i64,
+        seen: i64,
     },
     ReadValue {
         read: Option<ValueId>,
@@ -145,6 +185,10 @@ pub(crate) enum Mismatch {
         succeeded: bool,
         held: Option<ValueId>,
     },
+    /// A revoke found no lease, yet the key is still attached to it.
+    StillAttached {
+        lease: i64,
+    },
     /// An unknown operation that would change nothing here; applying it is never needed.
     NoEffect,
 }
@@ -155,21 +199,48 @@ pub(crate) fn step(
     op: &RegisterOp,
     slot: Option<&RevisionSlot>,
 ) -> Result<State, Mismatch> {
-    if let Some(slot) = slot {
-        if state.mutations != slot.mutations_before {
-            return Err(Mismatch::RevisionOrder {
-                mutations: state.mutations,
-                mutations_before: slot.mutations_before,
-            });
-        }
+    let Some(slot) = slot else {
+        return apply(state, op, None);
+    };
+    if state.mutations != slot.mutations_before {
+        return Err(Mismatch::RevisionOrder {
+            mutations: state.mutations,
+            mutations_before: slot.mutations_before,
+        });
     }
-    let written = |value: Option<ValueId>| State {
+    if slot.revision < state.revision {
+        return Err(Mismatch::RevisionBackwards {
+            revision: slot.revision,
+            seen: state.revision,
+        });
+    }
+    let next = apply(state, op, Some(slot))?;
+    Ok(State {
+        revision: slot.revision,
+        ..next
+    })
+}
+
+/// The effect of `op` on `state`, once the revision checks passed.
+fn apply(state: &State, op: &RegisterOp, slot: Option<&RevisionSlot>) -> Result<State, Mismatch> {
+    let written = |value: Option<ValueId>, lease: i64| State {
         value,
         mod_revision: slot.filter(|_| value.is_some()).map(|slot| slot.revision),
         mutations: state.mutations + u32::from(slot.is_some()),
+        lease,
+        revision: state.revision,
+    };
+    let attached = |lease: i64| state.value.is_some() && state.lease == lease;
+    let revoked = State {
+        value: None,
+        mod_revision: None,
+        lease: 0,
+        ..*state
     };
     match *op {
-        RegisterOp::Put { value } | RegisterOp::MaybePut { value } => Ok(written(Some(value))),
+        RegisterOp::Put { value, lease } | RegisterOp::MaybePut { value, lease } => {
+            Ok(written(Some(value), lease))
+        }
         RegisterOp::Get {
             value,
             mod_revision,
@@ -182,16 +253,23 @@ pub(crate) fn step(
                     held: state.value,
                 }),
                 0 => Ok(*state),
-                _ => Ok(written(None)),
+                _ => Ok(written(None, 0)),
             }
         }
-        RegisterOp::MaybeDelete if state.value.is_some() => Ok(written(None)),
+        RegisterOp::MaybeDelete if state.value.is_some() => Ok(written(None, 0)),
+        RegisterOp::Revoke { lease } if attached(lease) => Ok(revoked),
+        RegisterOp::Revoke { .. } => Ok(*state),
+        RegisterOp::MaybeRevoke { lease } if attached(lease) => Ok(revoked),
+        RegisterOp::RevokeRefused { lease } if attached(lease) => {
+            Err(Mismatch::StillAttached { lease })
+        }
+        RegisterOp::RevokeRefused { .. } => Ok(*state),
         RegisterOp::CompareAndPut {
             expected,
             value,
             succeeded,
         } => match (state.value == expected, succeeded) {
-            (true, true) => Ok(written(Some(value))),
+            (true, true) => Ok(written(Some(value), 0)),
             (false, false) => Ok(*state),
             _ => Err(Mismatch::CompareAndPut {
                 succeeded,
@@ -199,9 +277,11 @@ pub(crate) fn step(
             }),
         },
         RegisterOp::MaybeCompareAndPut { expected, value } if state.value == expected => {
-            Ok(written(Some(value)))
+            Ok(written(Some(value), 0))
         }
-        RegisterOp::MaybeDelete | RegisterOp::MaybeCompareAndPut { .. } => Err(Mismatch::NoEffect),
+        RegisterOp::MaybeDelete
+        | RegisterOp::MaybeRevoke { .. }
+        | RegisterOp::MaybeCompareAndPut { .. } => Err(Mismatch::NoEffect),
     }
 }
 
@@ -241,6 +321,10 @@ impl Mismatch {
                 "by its revision it follows {mutations_before} acknowledged mutations of the key, \
                  but {mutations} precede it here"
             ),
+            Mismatch::RevisionBackwards { revision, seen } => format!(
+                "its header revision {revision} is below revision {seen}, seen by an operation \
+                 it would follow"
+            ),
             Mismatch::ReadValue { read, held } => {
                 format!("read {} but the register holds {}", show(read), show(held))
             }
@@ -254,6 +338,10 @@ impl Mismatch {
                 let verdict = if succeeded { "succeeded" } else { "failed" };
                 format!("{verdict} but the register holds {}", show(held))
             }
+            Mismatch::StillAttached { lease } => format!(
+                "the revoke found no lease {lease}, but the key is still attached to it \
+                 (its revoke lost the deletion)"
+            ),
             Mismatch::NoEffect => "outcome unknown and it would change nothing here".to_string(),
         }
     }
@@ -276,7 +364,7 @@ mod tests {
     #[test]
     fn register_without_revisions() {
         let empty = State::default();
-        let put = step(&empty, &RegisterOp::Put { value: A }, None).unwrap();
+        let put = step(&empty, &RegisterOp::Put { value: A, lease: 0 }, None).unwrap();
         assert_eq!(put, holding(Some(A)));
 
         let get = |value| RegisterOp::Get {
@@ -330,10 +418,19 @@ mod tests {
         let empty = State::default();
         // The second mutation of the key cannot apply first.
         assert!(matches!(
-            step(&empty, &RegisterOp::Put { value: B }, Some(&slot(1, 5))),
+            step(
+                &empty,
+                &RegisterOp::Put { value: B, lease: 0 },
+                Some(&slot(1, 5))
+            ),
             Err(Mismatch::RevisionOrder { .. })
         ));
-        let put = step(&empty, &RegisterOp::Put { value: A }, Some(&slot(0, 3))).unwrap();
+        let put = step(
+            &empty,
+            &RegisterOp::Put { value: A, lease: 0 },
+            Some(&slot(0, 3)),
+        )
+        .unwrap();
         assert_eq!(put.mod_revision, Some(3));
         assert_eq!(put.mutations, 1);
 
@@ -341,7 +438,16 @@ mod tests {
             value: Some(A),
             mod_revision: Some(mod_revision),
         };
-        assert_eq!(step(&put, &get(3), Some(&slot(1, 4))), Ok(put));
+        let read = step(&put, &get(3), Some(&slot(1, 4)));
+        assert_eq!(read, Ok(State { revision: 4, ..put }));
+        // Header revisions never go down along the order.
+        assert!(matches!(
+            step(&read.unwrap(), &get(3), Some(&slot(1, 3))),
+            Err(Mismatch::RevisionBackwards {
+                revision: 3,
+                seen: 4
+            })
+        ));
         assert!(matches!(
             step(&put, &get(2), Some(&slot(1, 4))),
             Err(Mismatch::ReadModRevision { read: 2, held: 3 })
@@ -350,7 +456,7 @@ mod tests {
         assert!(step(&put, &get(3), Some(&slot(0, 2))).is_err());
 
         // A write with unknown outcome: the first read teaches its revision.
-        let maybe = step(&put, &RegisterOp::MaybePut { value: A }, None).unwrap();
+        let maybe = step(&put, &RegisterOp::MaybePut { value: A, lease: 0 }, None).unwrap();
         assert_eq!(maybe.mod_revision, None);
         let learned = step(&maybe, &get(9), Some(&slot(1, 9))).unwrap();
         assert_eq!(learned.mod_revision, Some(9));
@@ -358,9 +464,32 @@ mod tests {
     }
 
     #[test]
+    fn a_revoke_clears_only_keys_attached_to_its_lease() {
+        let put = |lease| RegisterOp::Put { value: A, lease };
+        let attached = step(&State::default(), &put(7), None).unwrap();
+        assert_eq!(attached.lease, 7);
+        let revoke = |lease| RegisterOp::Revoke { lease };
+        assert_eq!(step(&attached, &revoke(8), None), Ok(attached));
+        assert_eq!(step(&attached, &revoke(7), None), Ok(State::default()));
+        // A later put without the lease detaches the key.
+        let detached = step(&attached, &put(0), None).unwrap();
+        assert_eq!(step(&detached, &revoke(7), None), Ok(detached));
+        // A revoke that found no lease: the key cannot still be attached to it.
+        let refused = RegisterOp::RevokeRefused { lease: 7 };
+        assert_eq!(
+            step(&attached, &refused, None),
+            Err(Mismatch::StillAttached { lease: 7 })
+        );
+        assert_eq!(step(&detached, &refused, None), Ok(detached));
+        let maybe = RegisterOp::MaybeRevoke { lease: 7 };
+        assert_eq!(step(&attached, &maybe, None), Ok(State::default()));
+        assert_eq!(step(&detached, &maybe, None), Err(Mismatch::NoEffect));
+    }
+
+    #[test]
     fn symmetric_form_merges_unobserved_values() {
         let observed = [true, false, false];
-        let maybe_put = |value| RegisterOp::MaybePut { value };
+        let maybe_put = |value| RegisterOp::MaybePut { value, lease: 0 };
         assert_eq!(
             maybe_put(1).symmetric(&observed),
             maybe_put(2).symmetric(&observed)

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::error::Violation;
 use crate::history::{Call, History, Operation, Outcome};
+use crate::key_history::attachable;
 
 pub(crate) fn boxed(operation: &Operation) -> Box<Operation> {
     Box::new(operation.clone())
@@ -43,16 +44,16 @@ pub(crate) fn check_written(history: &History) -> Result<(), Violation> {
     // (key, value) -> earliest invoke of an operation that may have written it.
     let mut first_write: HashMap<(&[u8], &[u8]), u64> = HashMap::new();
     for operation in &history.operations {
-        if let Some(value) = operation.written_value() {
-            let invoke_ns = first_write
-                .entry((operation.key(), value))
-                .or_insert(u64::MAX);
+        if let (Some(key), Some(value)) = (operation.key(), operation.written_value()) {
+            let invoke_ns = first_write.entry((key, value)).or_insert(u64::MAX);
             *invoke_ns = (*invoke_ns).min(operation.invoke_ns);
         }
     }
     for (read, _, value, _) in acked_reads(history) {
-        let Some(value) = value else { continue };
-        match first_write.get(&(read.key(), value)) {
+        let (Some(key), Some(value)) = (read.key(), value) else {
+            continue;
+        };
+        match first_write.get(&(key, value)) {
             Some(&invoke_ns) if invoke_ns <= read.return_ns => {}
             _ => return Err(Violation::ValueNeverWritten { read: boxed(read) }),
         }
@@ -64,10 +65,19 @@ pub(crate) fn check_written(history: &History) -> Result<(), Violation> {
 type Effect<'a> = Option<&'a [u8]>;
 
 /// Check 2, key by key (in key order, so the violation reported does not vary between runs).
+/// A revoke of a lease the key may be attached to counts among the key's writers of absent.
 pub(crate) fn check_stale(history: &History) -> Result<(), Violation> {
+    let attachable = attachable(history);
     let mut by_key: BTreeMap<&[u8], Vec<&Operation>> = BTreeMap::new();
     for operation in &history.operations {
-        by_key.entry(operation.key()).or_default().push(operation);
+        if let Some(key) = operation.key() {
+            by_key.entry(key).or_default().push(operation);
+        }
+        if let Call::LeaseRevoke { lease } = operation.call {
+            for key in attachable.get(&lease).into_iter().flatten() {
+                by_key.entry(key).or_default().push(operation);
+            }
+        }
     }
     for operations in by_key.values() {
         let writers = Writers::new(operations);
@@ -112,6 +122,14 @@ impl<'a> Writers<'a> {
             let effect = match (&operation.call, &operation.outcome) {
                 (Call::Delete { .. }, Outcome::Delete { deleted, .. }) if *deleted > 0 => None,
                 (Call::Delete { .. }, Outcome::Unknown) => None,
+                // Whether it deleted this key is unknown: it may have, at any time after its
+                // invoke (a revoke that returned did so before returning, which is weaker).
+                (Call::LeaseRevoke { .. }, Outcome::Lease { .. } | Outcome::Unknown) => {
+                    by_effect.entry(None).or_default().push(Writer::Unknown {
+                        invoke_ns: operation.invoke_ns,
+                    });
+                    continue;
+                }
                 _ => match operation.written_value() {
                     Some(value) => Some(value),
                     None => continue,

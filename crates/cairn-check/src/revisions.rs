@@ -11,7 +11,10 @@
 //! 3. a read at header revision `R` with mod_revision `m` sees the newest mutation of its key at
 //!    or below `R`: no acknowledged mutation of the key lies in `(m, R]`, and the acknowledged
 //!    mutation at `m`, if any, is a write of that value to that key. A read of an absent key
-//!    misses no acknowledged write unless a delete with unknown outcome may explain it.
+//!    misses no acknowledged write unless a delete with unknown outcome or a revoke of a lease
+//!    the key may be attached to may explain it. If the write at `m` attached the key to a
+//!    lease, no acknowledged revoke of that lease lies in `[m, R]` (it would have deleted the
+//!    key: a key outliving its lease).
 //!
 //! These are cheap (O(n log n)) and name the exact pair of operations at fault. Checks on reads
 //! that need no revisions live in `reads`.
@@ -20,6 +23,7 @@ use std::collections::HashMap;
 
 use crate::error::Violation;
 use crate::history::{Call, History, Outcome};
+use crate::key_history::attachable;
 use crate::reads::{acked_reads, boxed};
 
 /// Runs every revision check; the first violation found is returned.
@@ -97,23 +101,18 @@ fn reads_see_newest_mutation(
     // Per key: its acknowledged mutations as (revision, index), by revision.
     let mut by_key: HashMap<&[u8], Vec<(i64, usize)>> = HashMap::new();
     for (&revision, &index) in mutations {
-        by_key
-            .entry(operations[index].key())
-            .or_default()
-            .push((revision, index));
+        let Some(key) = operations[index].key() else {
+            continue;
+        };
+        by_key.entry(key).or_default().push((revision, index));
     }
     by_key.values_mut().for_each(|list| list.sort_unstable());
-    // Per key: the earliest invoke of a delete with unknown outcome.
-    let mut maybe_deleted: HashMap<&[u8], u64> = HashMap::new();
-    for operation in operations {
-        if let (Call::Delete { key }, Outcome::Unknown) = (&operation.call, &operation.outcome) {
-            let invoke_ns = maybe_deleted.entry(key).or_insert(u64::MAX);
-            *invoke_ns = (*invoke_ns).min(operation.invoke_ns);
-        }
-    }
+    let maybe_deleted = maybe_deleted(history);
+    let revokes = acked_revokes(history);
 
     for (read, revision, value, mod_revision) in acked_reads(history) {
-        let newest = by_key.get(read.key()).and_then(|list| {
+        let key = read.key().unwrap_or_default();
+        let newest = by_key.get(key).and_then(|list| {
             let at_or_below = list.partition_point(|&(r, _)| r <= revision);
             at_or_below.checked_sub(1).map(|i| list[i])
         });
@@ -123,21 +122,25 @@ fn reads_see_newest_mutation(
             }
             (None, Some((_, newest))) => {
                 let delete_may_explain = maybe_deleted
-                    .get(read.key())
+                    .get(key)
                     .is_some_and(|&invoke_ns| invoke_ns <= read.return_ns);
                 let newest_wrote = operations[newest].written_value().is_some();
                 (newest_wrote && !delete_may_explain).then_some(newest)
             }
             _ => None,
         };
+        let write = value.and_then(|_| mutations.get(&mod_revision));
+        let missed = missed.or_else(|| {
+            let lease = operations[*write?].call.lease()?;
+            missed_revoke(&revokes, lease, mod_revision, revision)
+        });
         if let Some(missed) = missed {
             return Err(Violation::StaleRead {
                 read: boxed(read),
                 missed: boxed(&operations[missed]),
             });
         }
-        let Some(value) = value else { continue };
-        if let Some(&write) = mutations.get(&mod_revision) {
+        if let (Some(value), Some(&write)) = (value, write) {
             let write = &operations[write];
             if write.key() != read.key() || write.written_value() != Some(value) {
                 return Err(Violation::ReadMismatch {
@@ -148,4 +151,60 @@ fn reads_see_newest_mutation(
         }
     }
     Ok(())
+}
+
+/// Per key: the earliest invoke of an operation that may have deleted it without an
+/// acknowledged mutation saying so: a delete with unknown outcome, or a revoke (acknowledged
+/// or not) of a lease the key may be attached to.
+fn maybe_deleted(history: &History) -> HashMap<&[u8], u64> {
+    let attachable = attachable(history);
+    let mut maybe_deleted: HashMap<&[u8], u64> = HashMap::new();
+    for operation in &history.operations {
+        let keys: Vec<&[u8]> = match (&operation.call, &operation.outcome) {
+            (Call::Delete { key }, Outcome::Unknown) => vec![key],
+            (Call::LeaseRevoke { lease }, Outcome::Lease { .. } | Outcome::Unknown) => attachable
+                .get(lease)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect(),
+            _ => continue,
+        };
+        for key in keys {
+            let invoke_ns = maybe_deleted.entry(key).or_insert(u64::MAX);
+            *invoke_ns = (*invoke_ns).min(operation.invoke_ns);
+        }
+    }
+    maybe_deleted
+}
+
+/// Per lease: its acknowledged revokes that found it, as (revision, index), by revision.
+fn acked_revokes(history: &History) -> HashMap<i64, Vec<(i64, usize)>> {
+    let mut revokes: HashMap<i64, Vec<(i64, usize)>> = HashMap::new();
+    for (index, operation) in history.operations.iter().enumerate() {
+        if let (Call::LeaseRevoke { lease }, Outcome::Lease { revision }) =
+            (&operation.call, &operation.outcome)
+        {
+            revokes.entry(*lease).or_default().push((*revision, index));
+        }
+    }
+    revokes.values_mut().for_each(|list| list.sort_unstable());
+    revokes
+}
+
+/// A revoke of `lease` at a revision in `[written, read]`: a key written at `written` with that
+/// lease and not written since cannot still be there at `read`. (A revoke at `written` itself
+/// came after the write and found the key attached, so it must have deleted it at a revision of
+/// its own.)
+fn missed_revoke(
+    revokes: &HashMap<i64, Vec<(i64, usize)>>,
+    lease: i64,
+    written: i64,
+    read: i64,
+) -> Option<usize> {
+    let list = revokes.get(&lease)?;
+    let from = list.partition_point(|&(revision, _)| revision < written);
+    list.get(from)
+        .filter(|&&(revision, _)| revision <= read)
+        .map(|&(_, index)| index)
 }

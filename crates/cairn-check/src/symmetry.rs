@@ -90,9 +90,9 @@ mod tests {
                         0,
                     )
                 },
-                unknown(RegisterOp::MaybePut { value: 0 }, 1),
-                unknown(RegisterOp::MaybePut { value: 1 }, 2),
-                unknown(RegisterOp::MaybePut { value: 2 }, 3),
+                unknown(RegisterOp::MaybePut { value: 0, lease: 0 }, 1),
+                unknown(RegisterOp::MaybePut { value: 1, lease: 0 }, 2),
+                unknown(RegisterOp::MaybePut { value: 2, lease: 0 }, 3),
             ],
             acked: 1,
             values: vec![b"read".to_vec(), b"x".to_vec(), b"y".to_vec()],

@@ -551,7 +551,7 @@ mod known_bad {
             .history();
         let violation = expect_violation(check(&history));
         assert!(
-            matches!(&violation, Violation::ReadMismatch { write, .. } if write.key() == b"b"),
+            matches!(&violation, Violation::ReadMismatch { write, .. } if write.key() == Some(b"b")),
             "{violation}"
         );
     }
@@ -665,5 +665,197 @@ mod known_bad {
             matches!(violation, Violation::ImpossibleOutcome { .. }),
             "{violation}"
         );
+    }
+}
+
+/// Lease calls: grants with explicit ids, puts attached to leases, revokes (by clients or by the
+/// expiry driver, recorded alike) that delete every attached key at one revision.
+mod leases {
+    use super::*;
+
+    const LEASE: i64 = 7;
+
+    /// The search's refutation of `history` (the cheap checks pass it on).
+    fn not_linearizable(history: &History) -> cairn_check::NotLinearizable {
+        match expect_violation(check(history)) {
+            Violation::NotLinearizable(details) => *details,
+            violation => panic!("expected NotLinearizable, got: {violation}"),
+        }
+    }
+
+    fn lease_put(key: &str, value: &str) -> Call {
+        Call::LeasePut {
+            key: key.into(),
+            value: value.into(),
+            lease: LEASE,
+        }
+    }
+
+    impl Builder {
+        fn lease(&mut self, call: Call, times: [u64; 2], outcome: Outcome) -> &mut Self {
+            self.push(9, call, times, outcome);
+            self
+        }
+
+        fn grant(&mut self, times: [u64; 2], revision: i64) -> &mut Self {
+            self.lease(
+                Call::LeaseGrant { lease: LEASE },
+                times,
+                Outcome::Lease { revision },
+            )
+        }
+
+        fn revoke(&mut self, times: [u64; 2], outcome: Outcome) -> &mut Self {
+            self.lease(Call::LeaseRevoke { lease: LEASE }, times, outcome)
+        }
+    }
+
+    /// grant at 1; "a" and "b" attached to the lease at 2 and 3.
+    fn granted_and_attached() -> Builder {
+        let mut builder = Builder::default();
+        builder
+            .grant([0, 10], 1)
+            .lease(lease_put("a", "1"), [20, 30], Outcome::Put { revision: 2 })
+            .lease(lease_put("b", "1"), [40, 50], Outcome::Put { revision: 3 });
+        builder
+    }
+
+    #[test]
+    fn a_revoke_deletes_every_attached_key_at_one_revision() {
+        let history = granted_and_attached()
+            .put(1, "c", "1", [60, 70], 4)
+            .revoke([80, 90], Outcome::Lease { revision: 5 })
+            .get(1, "a", None, [100, 110], 5)
+            .get(1, "b", None, [100, 110], 5)
+            .get(1, "c", Some(("1", 4)), [100, 110], 5)
+            // The lease is gone: keep-alives and puts naming it are refused.
+            .lease(
+                Call::LeaseKeepAlive { lease: LEASE },
+                [120, 130],
+                Outcome::LeaseRefused,
+            )
+            .lease(lease_put("a", "2"), [140, 150], Outcome::LeaseRefused)
+            .history();
+        assert_passes(&history);
+    }
+
+    #[test]
+    fn a_detached_key_outlives_its_old_lease() {
+        let history = granted_and_attached()
+            .put(1, "a", "2", [60, 70], 4)
+            .revoke([80, 90], Outcome::Lease { revision: 5 })
+            .get(1, "a", Some(("2", 4)), [100, 110], 5)
+            .history();
+        assert_passes(&history);
+    }
+
+    #[test]
+    fn a_read_concurrent_with_a_revoke_sees_before_or_after_by_revision() {
+        let history = granted_and_attached()
+            .revoke([60, 100], Outcome::Lease { revision: 4 })
+            .get(1, "a", Some(("1", 2)), [70, 80], 3)
+            .get(2, "b", None, [70, 80], 4)
+            .history();
+        assert_passes(&history);
+    }
+
+    #[test]
+    fn an_expiry_or_revoke_with_unknown_outcome_explains_a_vanished_key() {
+        let history = granted_and_attached()
+            .unknown(9, Call::LeaseRevoke { lease: LEASE }, 60)
+            .get(1, "a", None, [100, 110], 4)
+            // The lease is gone: its id can be granted again.
+            .grant([120, 130], 4)
+            .history();
+        assert_passes(&history);
+    }
+
+    #[test]
+    fn a_key_surviving_its_revoked_lease_fails() {
+        let history = granted_and_attached()
+            .revoke([60, 70], Outcome::Lease { revision: 4 })
+            .get(1, "a", Some(("1", 2)), [80, 90], 4)
+            .history();
+        let violation = expect_violation(check(&history));
+        let Violation::StaleRead { missed, .. } = &violation else {
+            panic!("expected StaleRead, got: {violation}");
+        };
+        assert_eq!(missed.call, Call::LeaseRevoke { lease: LEASE });
+        // Without revisions the search refutes it from real time.
+        let violation = expect_violation(check_with(&history, &without_revisions()));
+        assert!(
+            matches!(violation, Violation::NotLinearizable(ref details) if details.key == b"a"),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn a_read_at_the_revokes_revision_that_still_sees_the_key_fails() {
+        // Concurrent in real time, but revision 4 includes the revoke's deletion.
+        let history = granted_and_attached()
+            .revoke([60, 100], Outcome::Lease { revision: 4 })
+            .get(1, "a", Some(("1", 2)), [70, 80], 4)
+            .history();
+        let violation = expect_violation(check(&history));
+        assert!(
+            matches!(violation, Violation::StaleRead { .. }),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn a_key_gone_before_its_revoke_by_revision_fails() {
+        // Read absent at revision 3, before the revoke's revision 4: "a" was still there.
+        let history = granted_and_attached()
+            .revoke([60, 100], Outcome::Lease { revision: 4 })
+            .get(1, "a", None, [70, 80], 3)
+            .history();
+        let details = not_linearizable(&history);
+        assert_eq!(details.key, b"a");
+    }
+
+    #[test]
+    fn a_lost_lease_deletion_fails() {
+        // The lease vanished (a revoke that found nothing) yet "a" is still attached to it.
+        let history = granted_and_attached()
+            .revoke([60, 70], Outcome::LeaseRefused)
+            .history();
+        let details = not_linearizable(&history);
+        assert_eq!(details.key, b"a");
+        assert!(
+            details.refused[0].reason.contains("still attached"),
+            "{details}"
+        );
+    }
+
+    #[test]
+    fn a_keep_alive_of_a_revoked_lease_fails() {
+        let history = Builder::default()
+            .grant([0, 10], 1)
+            .revoke([20, 30], Outcome::Lease { revision: 1 })
+            .lease(
+                Call::LeaseKeepAlive { lease: LEASE },
+                [40, 50],
+                Outcome::Lease { revision: 1 },
+            )
+            .history();
+        let details = not_linearizable(&history);
+        assert_eq!(details.key, b"<lease 7>");
+    }
+
+    #[test]
+    fn a_put_on_a_revoked_lease_or_a_second_grant_fails() {
+        let put_after_revoke = Builder::default()
+            .grant([0, 10], 1)
+            .revoke([20, 30], Outcome::Lease { revision: 1 })
+            .lease(lease_put("a", "1"), [40, 50], Outcome::Put { revision: 2 })
+            .history();
+        let granted_twice = Builder::default()
+            .grant([0, 10], 1)
+            .grant([20, 30], 1)
+            .history();
+        for history in [put_after_revoke, granted_twice] {
+            assert_eq!(not_linearizable(&history).key, b"<lease 7>");
+        }
     }
 }

@@ -5,12 +5,13 @@
 //! linearization point, then widens each operation's interval randomly around its point (each
 //! client stays sequential), so intervals overlap the way concurrent clients' do. Some operations
 //! time out: their outcome is unknown, and half of them took effect. Every written value is
-//! unique, which makes the corruptions below provably non-linearizable.
+//! unique, which makes the corruptions below provably non-linearizable. Leases take part: puts
+//! attach keys to them, revokes delete the attached keys at one revision.
 //!
 //! A failure prints its seed; `CAIRN_CHECK_SEED=<seed> cargo test -p cairn-check --test
 //! randomized` replays it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use cairn_check::{check, check_with, Call, CheckOptions, History, Operation, Outcome, Violation};
 use rand::rngs::StdRng;
@@ -57,11 +58,16 @@ fn replay(seed: u64) -> String {
     )
 }
 
+/// Lease ids the generator uses (few, so grants, revokes and puts meet).
+const LEASES: i64 = 3;
+
 /// A correct linearizable store, run sequentially.
 struct Store {
     revision: i64,
     /// Per key: the value and its mod_revision.
     data: HashMap<Vec<u8>, (Vec<u8>, i64)>,
+    /// Per granted lease: its attached keys.
+    leases: HashMap<i64, BTreeSet<Vec<u8>>>,
 }
 
 impl Store {
@@ -69,6 +75,7 @@ impl Store {
         Store {
             revision: 1,
             data: HashMap::new(),
+            leases: HashMap::new(),
         }
     }
 
@@ -77,6 +84,42 @@ impl Store {
             Call::Put { key, value } => Outcome::Put {
                 revision: self.write(key, Some(value)),
             },
+            Call::LeasePut { key, value, lease } => match self.leases.get_mut(lease) {
+                Some(keys) => {
+                    keys.insert(key.clone());
+                    let revision = self.write(key, Some(value));
+                    // `write` detached the key from every lease; attach it again.
+                    self.leases.entry(*lease).or_default().insert(key.clone());
+                    Outcome::Put { revision }
+                }
+                None => Outcome::LeaseRefused,
+            },
+            Call::LeaseGrant { lease } if self.leases.contains_key(lease) => Outcome::LeaseRefused,
+            Call::LeaseGrant { lease } => {
+                self.leases.insert(*lease, BTreeSet::new());
+                Outcome::Lease {
+                    revision: self.revision,
+                }
+            }
+            Call::LeaseRevoke { lease } => match self.leases.remove(lease) {
+                Some(keys) if keys.is_empty() => Outcome::Lease {
+                    revision: self.revision,
+                },
+                Some(keys) => {
+                    self.revision += 1;
+                    for key in keys {
+                        self.data.remove(&key);
+                    }
+                    Outcome::Lease {
+                        revision: self.revision,
+                    }
+                }
+                None => Outcome::LeaseRefused,
+            },
+            Call::LeaseKeepAlive { lease } if self.leases.contains_key(lease) => Outcome::Lease {
+                revision: self.revision,
+            },
+            Call::LeaseKeepAlive { .. } => Outcome::LeaseRefused,
             Call::Get { key } => {
                 let current = self.data.get(key);
                 Outcome::Get {
@@ -116,6 +159,9 @@ impl Store {
 
     fn write(&mut self, key: &[u8], value: Option<&Vec<u8>>) -> i64 {
         self.revision += 1;
+        for keys in self.leases.values_mut() {
+            keys.remove(key);
+        }
         match value {
             Some(value) => {
                 self.data
@@ -137,10 +183,15 @@ impl Store {
 fn random_call(rng: &mut StdRng, store: &Store, shape: &Shape, step: usize) -> Call {
     let key = format!("k{}", rng.gen_range(0..shape.keys)).into_bytes();
     let value = format!("v{step}").into_bytes();
+    let lease = rng.gen_range(1..=LEASES);
     match rng.gen_range(0..100) {
-        0..=34 => Call::Put { key, value },
-        35..=74 => Call::Get { key },
-        75..=84 => Call::Delete { key },
+        0..=29 => Call::Put { key, value },
+        30..=64 => Call::Get { key },
+        65..=72 => Call::Delete { key },
+        73..=78 => Call::LeasePut { key, value, lease },
+        79..=81 => Call::LeaseGrant { lease },
+        82..=83 => Call::LeaseRevoke { lease },
+        84 => Call::LeaseKeepAlive { lease },
         _ => {
             // Half the time the expectation holds, so CompareAndPuts also succeed.
             let expected = if rng.gen_bool(0.5) {
@@ -211,7 +262,9 @@ fn is_acked_write(operation: &Operation) -> bool {
 /// The value a Put or CompareAndPut call writes.
 fn written_value(operation: &Operation) -> Vec<u8> {
     match &operation.call {
-        Call::Put { value, .. } | Call::CompareAndPut { value, .. } => value.clone(),
+        Call::Put { value, .. }
+        | Call::LeasePut { value, .. }
+        | Call::CompareAndPut { value, .. } => value.clone(),
         other => panic!("{other} writes no value"),
     }
 }
@@ -274,7 +327,7 @@ fn corrupt_with_stale_read(history: &mut History, rng: &mut StdRng) -> Option<us
 /// shows it: only the search, or revisions, can. Returns the corrupted read.
 fn corrupt_with_inversion(history: &mut History, rng: &mut StdRng) -> Option<usize> {
     let ops = &history.operations;
-    let writer_of: HashMap<(&[u8], Vec<u8>), usize> = (0..ops.len())
+    let writer_of: HashMap<(Option<&[u8]>, Vec<u8>), usize> = (0..ops.len())
         .filter(|&i| is_acked_write(&ops[i]))
         .map(|i| ((ops[i].key(), written_value(&ops[i])), i))
         .collect();
@@ -397,7 +450,7 @@ fn a_new_old_inversion_fails() {
         // Without revisions only the search can refute it.
         match check_with(&history, &without_revisions()) {
             Err(Violation::NotLinearizable(details)) => {
-                assert_eq!(details.key, corrupted.key(), "{}", replay(seed))
+                assert_eq!(Some(&details.key[..]), corrupted.key(), "{}", replay(seed))
             }
             other => panic!(
                 "{}: expected NotLinearizable for {corrupted}, got {other:?}",
@@ -457,7 +510,13 @@ fn twenty_thousand_operations_over_a_hundred_keys() {
     let started = std::time::Instant::now();
     let report = assert_passes(&history, seed);
     eprintln!("{}: {report:?} in {:?}", replay(seed), started.elapsed());
-    assert_eq!(report.keys, shape.keys, "{}", replay(seed));
+    // Every key, and every lease's existence.
+    assert_eq!(
+        report.keys,
+        shape.keys + LEASES as usize,
+        "{}",
+        replay(seed)
+    );
 }
 
 #[test]

@@ -50,24 +50,43 @@ impl SimCluster {
             _dir: dir,
         };
         for id in 1..=size {
-            let config = ReplicaConfig {
-                member_id: id,
-                member_dir: cluster._dir.path().join(format!("m{id}")),
-                store: StoreConfig {
-                    member_id: id,
-                    ..StoreConfig::default()
-                },
-                initial_members: members.clone(),
-                heartbeat_ms: 50,
-                election_timeout_ms: 300,
-                snapshot_count: 200,
-                request_timeout: Duration::from_secs(3),
-                synchronous_io: true,
-            };
+            let config = cluster.config(id, members.clone());
             cluster.configs.insert(id, config);
             cluster.restart(id).await;
         }
         cluster
+    }
+
+    fn config(&self, id: MemberId, initial_members: BTreeMap<MemberId, Member>) -> ReplicaConfig {
+        ReplicaConfig {
+            member_id: id,
+            member_dir: self._dir.path().join(format!("m{id}")),
+            store: StoreConfig {
+                member_id: id,
+                ..StoreConfig::default()
+            },
+            initial_members,
+            heartbeat_ms: 50,
+            election_timeout_ms: 300,
+            snapshot_count: 200,
+            request_timeout: Duration::from_secs(3),
+            synchronous_io: true,
+        }
+    }
+
+    /// Starts member `id` with an empty log and no initial members, as a member started with
+    /// `--initial-cluster-state existing` waits to be added (as a learner) to the cluster.
+    pub async fn start_joiner(&mut self, id: MemberId) {
+        let config = self.config(id, BTreeMap::new());
+        self.configs.insert(id, config);
+        self.restart(id).await;
+    }
+
+    /// Stops member `id` for good: it left the cluster and never restarts.
+    pub async fn remove(&mut self, id: MemberId) {
+        self.crash(id).await;
+        self.replicas.remove(&id);
+        self.configs.remove(&id);
     }
 
     pub async fn restart(&mut self, id: MemberId) {
