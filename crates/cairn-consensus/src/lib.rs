@@ -15,10 +15,12 @@
 //!   batched read points.
 //! - `network` — the `Transport` trait, openraft's network over it, `tcp` and `sim`.
 //! - `metrics` — counters of proposals, commits, applies and leader changes.
-//! - `peer` — answers peer requests; `replica` — the member; `limits`, `error`.
+//! - `peer` — answers peer requests; `replica` — the member; `joint_config` — the leader
+//!   finishes membership changes openraft left joint; `limits`, `error`.
 
 mod batcher;
 pub mod error;
+mod joint_config;
 pub mod limits;
 pub mod log_store;
 pub mod metrics;

@@ -191,6 +191,11 @@ impl Replica {
             let _ = raft.trigger().elect().await;
         }
         tokio::spawn(crate::metrics::watch_leader(raft.clone(), metrics.clone()));
+        tokio::spawn(crate::joint_config::finish_joint_configs(
+            raft.clone(),
+            config.member_id,
+            Duration::from_millis(2 * config.election_timeout_ms),
+        ));
         let proposals = Arc::new(ProposalBatcher::start(raft.clone()));
         let handler = PeerHandler::new(raft.clone(), proposals.clone());
         let reads = ReadBatcher::start(raft.clone(), transport.clone(), config.member_id);

@@ -16,8 +16,9 @@
 //! removed and stopped, so the cluster never has fewer voters than it started with. A change
 //! openraft refuses (another in progress, no leader) is retried at a later tick. openraft 0.9
 //! proposes the second half of a joint configuration only from the call that proposed the
-//! first, so a leader change or a caller giving up leaves the cluster joint: the nemesis (and
-//! the settling after healing) asks the same change again, which completes it.
+//! first, so a leader change or a caller giving up leaves the cluster joint; the replica's
+//! leader finishes such a configuration itself (`joint_config`), and the settling after
+//! healing waits for that, so a regression there shows as a liveness failure here.
 //!
 //! One `u64` seed derives the cluster size, the fault rates, the workload and the nemesis
 //! schedule. A failing seed prints the command that replays it:
@@ -433,13 +434,11 @@ impl Reconfiguration {
         }
     }
 
-    /// The next change the leader's view calls for: finish a change left in a joint
-    /// configuration, else add the joiner as a learner, promote it, then remove a random other
-    /// voter; None once a voter has been replaced.
+    /// The next change the leader's view calls for: add the joiner as a learner, promote it,
+    /// then remove a random other voter; None once a voter has been replaced. A change left
+    /// joint is the replica's to finish (`joint_config`): while one is pending openraft
+    /// refuses the next, which is retried.
     fn next_change(&self, leader: &Replica, rng: &mut StdRng) -> Option<MembershipChange> {
-        if let Some(change) = joint_completion(leader) {
-            return Some(change);
-        }
         let view = leader.members();
         let change = match view.iter().find(|info| info.id == self.joiner) {
             None => MembershipChange::AddLearner(self.joiner, member(self.joiner)),
@@ -605,29 +604,6 @@ fn newest_leader(cluster: &SimCluster) -> Option<Replica> {
         .max_by_key(|replica| replica.status().term)
 }
 
-/// The change that takes the leader's joint configuration, if it has one, to its second half.
-/// openraft proposes the second half only from the `change_membership` call that proposed the
-/// joint one, so a leader change or a caller that gave up (our timeout) leaves the cluster
-/// joint; the same change asked again completes it (`c1c2` to `c2` is coherent).
-fn joint_completion(leader: &Replica) -> Option<MembershipChange> {
-    let metrics = leader.metrics().borrow().clone();
-    let [first, last] = metrics
-        .membership_config
-        .membership()
-        .get_joint_config()
-        .as_slice()
-    else {
-        return None;
-    };
-    if let Some(added) = last.difference(first).next() {
-        return Some(MembershipChange::Promote(*added));
-    }
-    first
-        .difference(last)
-        .next()
-        .map(|removed| MembershipChange::Remove(*removed))
-}
-
 /// After healing, stops every running member the cluster's membership does not list: a joiner
 /// whose addition never completed, a member whose removal completed after its timeout. The
 /// view is the leader's once it has committed a write of its term (so everything before is
@@ -654,17 +630,10 @@ async fn settle_membership(cluster: &mut SimCluster) -> Result<(), String> {
                 ..Default::default()
             });
             let written = propose(&leader, request, 0).await.is_ok();
-            if let Some(change) = joint_completion(&leader) {
-                tracing::info!(?change, "completing a joint configuration");
-                let completed = tokio::time::timeout(
-                    MEMBERSHIP_CHANGE_TIMEOUT,
-                    leader.change_membership(change),
-                )
-                .await;
-                tracing::info!(?completed, "joint configuration");
-            } else if written {
-                let metrics = leader.metrics().borrow().clone();
-                let membership = metrics.membership_config.membership();
+            let metrics = leader.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            // A joint configuration is finished by the leader itself (`joint_config`).
+            if written && membership.get_joint_config().len() == 1 {
                 break membership.nodes().map(|(id, _)| *id).collect();
             }
         }
