@@ -466,6 +466,35 @@ impl Replica {
         Err(ConsensusError::LeaderChanged)
     }
 
+    /// Resolves once this member has been removed from the cluster: a membership that listed
+    /// it was followed by an applied one that does not. Never resolves for a member still waiting to be
+    /// added (its membership is empty until the leader reaches it) or once raft has stopped.
+    pub async fn removed(&self) {
+        let mut metrics = self.inner.raft.metrics();
+        let mut was_member = false;
+        loop {
+            {
+                let metrics = metrics.borrow_and_update();
+                let config = &metrics.membership_config;
+                let listed = config
+                    .membership()
+                    .nodes()
+                    .any(|(id, _)| *id == self.inner.id);
+                // Only an applied (so committed) membership counts for a removal: an appended
+                // one may still be truncated by the next leader.
+                let applied = config.log_id() <= &metrics.last_applied;
+                if listed {
+                    was_member = true;
+                } else if was_member && applied {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Makes this member's record carry `member` (its name and client URLs), as etcd members
     /// publish their attributes once they start. Retries until it lands or the member stops.
     pub async fn publish(&self, member: Member) {

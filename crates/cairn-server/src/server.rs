@@ -67,7 +67,13 @@ pub async fn run(
     let (begun_tx, begun_rx) = oneshot::channel::<()>();
     let signal_node = node.clone();
     let signal = async move {
-        shutdown.await;
+        // Like etcd, a member removed from the cluster stops itself: it must not serve stale
+        // reads or campaign against the members that remain.
+        let removed = signal_node.replica().clone();
+        tokio::select! {
+            () = shutdown => {}
+            () = removed.removed() => warn!("this member was removed from the cluster"),
+        }
         info!("shutting down: closing streams, draining calls");
         signal_node.begin_stop();
         let _ = begun_tx.send(());

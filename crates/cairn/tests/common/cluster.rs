@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -200,6 +200,21 @@ impl CairnCluster {
         self.spawn(index, "existing");
         self.wait_ready(index).await;
         (index, id)
+    }
+
+    /// Waits until member `index` exits by itself; its exit status, or `None` after `timeout`.
+    pub async fn wait_exit(&mut self, index: usize, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let member = &mut self.members[index];
+        while tokio::time::Instant::now() < deadline {
+            let child = member.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                member.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     pub fn kill9(&mut self, index: usize) {
