@@ -30,6 +30,12 @@ pub enum ConsensusError {
     /// A membership change was refused (unknown member, not a learner, …).
     #[error("{0}")]
     Membership(String),
+    /// Only the leader may do this (hand over its leadership).
+    #[error("not leader")]
+    NotLeader,
+    /// A leadership transfer to a member that is not a voter, or that did not take over.
+    #[error("bad leader transferee")]
+    BadTransferee,
 }
 
 /// A message from a peer or the disk that does not decode into what it claims to be.

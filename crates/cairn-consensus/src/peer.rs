@@ -75,6 +75,14 @@ impl PeerHandler {
                     raftpb::MembershipChangeResponse {},
                 ))
             }
+            PeerRequest::TimeoutNow(_) => {
+                self.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|error| refused(0, error.to_string()))?;
+                Ok(PeerResponse::TimeoutNow(raftpb::TimeoutNowResponse {}))
+            }
             PeerRequest::ReadIndex(_) => {
                 let (read_log_id, _) = self.raft.get_read_log_id().await.map_err(|error| {
                     let leader = error.forward_to_leader().and_then(|to| to.leader_id);

@@ -129,6 +129,7 @@ struct Inner {
     wal: Wal,
     metrics: Arc<ConsensusMetrics>,
     request_timeout: Duration,
+    election_timeout_ms: u64,
 }
 
 impl Replica {
@@ -210,6 +211,7 @@ impl Replica {
                 wal,
                 metrics,
                 request_timeout: config.request_timeout,
+                election_timeout_ms: config.election_timeout_ms,
             }),
         };
         Ok((replica, handler))
@@ -361,7 +363,7 @@ impl Replica {
             let request = PeerRequest::Forward(raftpb::ForwardRequest {
                 request: bytes.clone(),
             });
-            let hint = match self.call_leader(leader, request).await {
+            let hint = match self.call_member(leader, request).await {
                 Ok(_) => return Ok(()),
                 // The target does not lead: nothing was appended, retry at its hint.
                 Err(TransportError::Refused(refusal)) if refusal.leader_id != 0 => {
@@ -415,7 +417,7 @@ impl Replica {
         }
     }
 
-    async fn call_leader(
+    async fn call_member(
         &self,
         leader: MemberId,
         request: PeerRequest,
@@ -429,6 +431,61 @@ impl Replica {
                 TransportError::Unreachable(format!("leader {leader:x} is not a member"))
             })?;
         self.inner.transport.call(leader, &member, request).await
+    }
+
+    /// Hands this leader's leadership to voter `target` (etcd's MoveLeader, Raft's leadership
+    /// transfer): waits until `target` holds the whole log, stops sending heartbeats (so the
+    /// other members' leader leases run out) and not campaigning itself, and tells `target` to
+    /// campaign until it leads. Writes arriving meanwhile keep replicating, and keep the leases
+    /// alive: under a steady write load the transfer may time out, like etcd's.
+    pub async fn transfer_leadership(&self, target: MemberId) -> Result<(), ConsensusError> {
+        let raft = &self.inner.raft;
+        if !self.is_leader() {
+            return Err(ConsensusError::NotLeader);
+        }
+        if target == self.inner.id {
+            return Ok(());
+        }
+        let is_voter = |metrics: &RaftMetrics| {
+            let membership = metrics.membership_config.membership();
+            membership.voter_ids().any(|voter| voter == target)
+        };
+        if !is_voter(&raft.metrics().borrow()) {
+            return Err(ConsensusError::BadTransferee);
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        raft.wait(Some(self.inner.request_timeout))
+            .metrics(
+                |metrics| {
+                    let last = metrics.last_log_index.unwrap_or(0);
+                    let matched = metrics.replication.as_ref().and_then(|progress| {
+                        progress.get(&target).copied().flatten().map(|id| id.index)
+                    });
+                    matched >= Some(last)
+                },
+                "the transferee holds the whole log",
+            )
+            .await
+            .map_err(|_| ConsensusError::Timeout)?;
+        raft.runtime_config().heartbeat(false);
+        raft.runtime_config().elect(false);
+        let handed_over = async {
+            loop {
+                // Refused while the others' leases last: ask again until it takes.
+                let request = PeerRequest::TimeoutNow(raftpb::TimeoutNowRequest {});
+                let _ = self.call_member(target, request).await;
+                let mut metrics = raft.metrics();
+                let led_by_target = metrics.wait_for(|m| m.current_leader == Some(target));
+                let retry = Duration::from_millis(self.inner.election_timeout_ms / 2);
+                if tokio::time::timeout(retry, led_by_target).await.is_ok() {
+                    return;
+                }
+            }
+        };
+        let outcome = tokio::time::timeout_at(deadline, handed_over).await;
+        raft.runtime_config().heartbeat(true);
+        raft.runtime_config().elect(true);
+        outcome.map_err(|_| ConsensusError::Timeout)
     }
 
     /// Runs a membership change on the leader (here, or forwarded to it).
@@ -447,7 +504,7 @@ impl Replica {
                 }
             } else {
                 let request = PeerRequest::ChangeMembership(change.clone());
-                match self.call_leader(leader, request).await {
+                match self.call_member(leader, request).await {
                     Ok(_) => return Ok(()),
                     Err(TransportError::Refused(refusal)) if refusal.leader_id != 0 => {
                         Some(refusal.leader_id)

@@ -30,6 +30,12 @@ pub enum ServerError {
     /// A membership change was refused.
     #[error("etcdserver: {0}")]
     Membership(String),
+    /// Only the leader may do this (MoveLeader).
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// MoveLeader to a member that is not a voter, or that did not take over.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     /// A fault of this member that no client input explains.
     #[error("etcdserver: internal error: {0}")]
     Internal(String),
@@ -74,6 +80,8 @@ impl From<ConsensusError> for ServerError {
             ConsensusError::Timeout | ConsensusError::Unreachable { .. } => ServerError::Timeout,
             ConsensusError::Stopped => ServerError::Stopped,
             ConsensusError::Membership(reason) => ServerError::Membership(reason),
+            ConsensusError::NotLeader => ServerError::NotLeader,
+            ConsensusError::BadTransferee => ServerError::BadLeaderTransferee,
         }
     }
 }
@@ -105,7 +113,9 @@ impl From<ServerError> for Status {
             ServerError::NoLeader | ServerError::LeaderChanged | ServerError::Timeout => {
                 Code::Unavailable
             }
-            ServerError::Membership(_) => Code::FailedPrecondition,
+            ServerError::Membership(_)
+            | ServerError::NotLeader
+            | ServerError::BadLeaderTransferee => Code::FailedPrecondition,
             ServerError::Internal(_) => Code::Internal,
             ServerError::ElectionNotLeader
             | ServerError::ElectionNoLeader

@@ -37,6 +37,7 @@ pub enum PeerRequest {
     Forward(raftpb::ForwardRequest),
     ReadIndex(raftpb::ReadIndexRequest),
     ChangeMembership(raftpb::MembershipChange),
+    TimeoutNow(raftpb::TimeoutNowRequest),
 }
 
 /// The answer to a [`PeerRequest`] of the same kind.
@@ -48,6 +49,7 @@ pub enum PeerResponse {
     Forward(raftpb::ForwardResponse),
     ReadIndex(raftpb::ReadIndexResponse),
     ChangeMembership(raftpb::MembershipChangeResponse),
+    TimeoutNow(raftpb::TimeoutNowResponse),
 }
 
 /// Why a peer call failed.

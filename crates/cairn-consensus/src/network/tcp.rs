@@ -107,6 +107,10 @@ impl Transport for TcpTransport {
                     .change_membership(request)
                     .await
                     .map(|r| PeerResponse::ChangeMembership(r.into_inner())),
+                PeerRequest::TimeoutNow(request) => client
+                    .timeout_now(request)
+                    .await
+                    .map(|r| PeerResponse::TimeoutNow(r.into_inner())),
             };
             response.map_err(transport_error)
         })
@@ -203,5 +207,12 @@ impl RaftService for PeerService {
         request: Request<raftpb::MembershipChange>,
     ) -> Result<Response<raftpb::MembershipChangeResponse>, Status> {
         answer!(self, request, ChangeMembership)
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<raftpb::TimeoutNowRequest>,
+    ) -> Result<Response<raftpb::TimeoutNowResponse>, Status> {
+        answer!(self, request, TimeoutNow)
     }
 }

@@ -11,7 +11,7 @@ use cairn_proto::etcdserverpb::{
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
 use crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
@@ -174,12 +174,12 @@ impl Maintenance for MaintenanceService {
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         self.node.admin(request.metadata())?;
-        if request.into_inner().target_id != self.node.identity().member_id {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                "etcdserver: bad leader transferee",
-            ));
-        }
+        let target = request.into_inner().target_id;
+        self.node
+            .replica()
+            .transfer_leadership(target)
+            .await
+            .map_err(ServerError::from)?;
         let revision = self.node.store().current_revision();
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.node.header(revision)),
