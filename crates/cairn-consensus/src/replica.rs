@@ -159,11 +159,14 @@ impl Replica {
         let raft_config = openraft::Config {
             cluster_name: "cairn".to_string(),
             heartbeat_interval: config.heartbeat_ms,
-            // openraft's voters refuse to vote for `election_timeout_max` after the last
-            // heartbeat (leader lease); campaigns start from half of it, so after a leader
-            // dies the first election that can succeed comes about one timeout later.
-            election_timeout_min: config.election_timeout_ms / 2,
-            election_timeout_max: config.election_timeout_ms,
+            // openraft 0.9 makes a follower of a known leader wait its leader lease
+            // (`election_timeout_max`) *plus* its own random timeout (drawn once, in
+            // [min, max]) without a heartbeat before it campaigns; voters refuse votes during
+            // their lease. With max = T/2 and min = T/4 a follower campaigns 0.75–1.0 T after
+            // the leader fell silent and the first campaign wins, where etcd's followers wait
+            // a random [T, 2T). (Max = T made it 1.5–2.0 T: slower than etcd.)
+            election_timeout_min: config.election_timeout_ms / 4,
+            election_timeout_max: config.election_timeout_ms / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_count.min(5_000),
             max_payload_entries: crate::limits::APPEND_ENTRIES_MAX,
