@@ -10,7 +10,8 @@
 //! - `types` — openraft type config, `Member`, `Proposal`.
 //! - `wire` — openraft types ↔ `raftpb` (wire and disk).
 //! - `log_store` — `RaftLogStorage` on the WAL plus the hard-state file.
-//! - `state_machine` — `RaftStateMachine` over `KvStore`; snapshots.
+//! - `state_machine` — `RaftStateMachine` over `KvStore`; snapshots; `snapshot_trigger` —
+//!   a snapshot every `--snapshot-count` applied requests.
 //! - `wait` — proposal waiters; `batcher` — proposals packed into entries; `read_index` —
 //!   batched read points.
 //! - `network` — the `Transport` trait, openraft's network over it, `tcp` and `sim`.
@@ -28,6 +29,7 @@ pub mod network;
 pub mod peer;
 mod read_index;
 pub mod replica;
+mod snapshot_trigger;
 pub mod state_machine;
 pub mod types;
 pub mod wait;

@@ -168,7 +168,9 @@ impl Replica {
             election_timeout_min: config.election_timeout_ms / 4,
             election_timeout_max: config.election_timeout_ms / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-            max_in_snapshot_log_to_keep: config.snapshot_count.min(5_000),
+            // Entries kept behind a snapshot for followers a little behind; each may carry a
+            // batch of requests, so few.
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(1_000),
             max_payload_entries: crate::limits::APPEND_ENTRIES_MAX,
             ..Default::default()
         }
@@ -195,6 +197,11 @@ impl Replica {
             let _ = raft.trigger().elect().await;
         }
         tokio::spawn(crate::metrics::watch_leader(raft.clone(), metrics.clone()));
+        tokio::spawn(crate::snapshot_trigger::snapshot_every(
+            raft.clone(),
+            shared.clone(),
+            config.snapshot_count,
+        ));
         tokio::spawn(crate::joint_config::finish_joint_configs(
             raft.clone(),
             config.member_id,

@@ -10,6 +10,7 @@
 //! waiter gets its result straight from here.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -44,6 +45,8 @@ pub struct Replicated {
     pub waits: WaitRegistry,
     member_id: MemberId,
     metrics: Arc<ConsensusMetrics>,
+    /// Client requests applied since this member started (one log entry carries many).
+    requests_applied: AtomicU64,
 }
 
 impl Replicated {
@@ -57,6 +60,11 @@ impl Replicated {
 
     pub fn applied_index(&self) -> watch::Receiver<u64> {
         self.applied_index.subscribe()
+    }
+
+    /// Client requests applied since this member started.
+    pub fn requests_applied(&self) -> u64 {
+        self.requests_applied.load(Ordering::Relaxed)
     }
 
     fn store_mut(&self) -> std::sync::RwLockWriteGuard<'_, KvStore> {
@@ -191,6 +199,7 @@ impl StateMachine {
                 waits: WaitRegistry::new(first_proposal_id),
                 member_id,
                 metrics,
+                requests_applied: AtomicU64::new(0),
             }),
             snapshots: Arc::new(snapshots),
             applied,
@@ -210,6 +219,9 @@ impl StateMachine {
             EntryPayload::Normal(proposal) => {
                 let requests = decode_batch(&proposal.0);
                 let results = store.apply_batch(index, &requests);
+                self.shared
+                    .requests_applied
+                    .fetch_add(requests.len() as u64, Ordering::Relaxed);
                 for (request, result) in requests.iter().zip(results) {
                     if request.origin_member == self.shared.member_id {
                         self.shared.waits.complete(request.proposal_id, result);
