@@ -48,8 +48,8 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    config.validate()?;
-    // Certificates are read before anything opens, so a bad file fails the start at once.
+    // Certificates are read before anything opens, so a bad file fails the start at once
+    // (`Node::open` validates the rest of the configuration).
     let acceptor = match config.client_tls.is_set() {
         true => Some(config.client_tls.client_acceptor()?),
         false => None,
