@@ -4,7 +4,10 @@
 //!
 //! Layout:
 //! - `kv` — flags, workload (put, range, txn-put), the run loop.
+//! - `log` — pieces of `cairn bench log`: the machine ceilings (loopback TCP, memcpy) and the
+//!   NATS JetStream peer measured side by side with the ordered log.
 //! - `report` — latency histograms merged from every client and the JSON report.
 
 pub mod kv;
+pub mod log;
 pub mod report;
