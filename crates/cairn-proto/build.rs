@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
     "proto/cairn/cairnpb/internal.proto",
     "proto/cairn/raftpb/raft.proto",
+    "proto/cairn/logpb/log.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

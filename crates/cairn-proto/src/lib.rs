@@ -18,6 +18,7 @@
 //!   (`proto/cairn/cairnpb/internal.proto`).
 //! - [`raftpb`]: the peer protocol — openraft's messages, the durable raft log entry and vote,
 //!   and the write/read-index requests a follower sends its leader (`proto/cairn/raftpb/raft.proto`).
+//! - [`logpb`]: the ordered log's publisher/subscriber protocol (`proto/cairn/logpb/log.proto`).
 //!
 //! The etcd packages also carry serde impls (protobuf's JSON mapping, for the HTTP gateway).
 //!
@@ -66,4 +67,10 @@ pub mod cairnpb {
 #[allow(clippy::all)]
 pub mod raftpb {
     tonic::include_proto!("raftpb");
+}
+
+/// The ordered log's protocol: publisher and subscriber frames exchanged with a broker.
+#[allow(clippy::all)]
+pub mod logpb {
+    tonic::include_proto!("logpb");
 }

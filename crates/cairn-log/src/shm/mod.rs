@@ -1,0 +1,610 @@
+//! A topic's shared-memory file: the "CXL memory" every broker process on the host maps.
+//!
+//! ```text
+//! [header page]   magic, version, sizes, order/ack, READY (stored last by the creator)
+//! [control page]  line 0: RESERVED, COMMITTED  (sequencer; each `fence epoch << 48 | count`)
+//!                 lines 1-3: void ranges left by sequencer takeovers (sequencer)
+//!                 from byte 2048: one line per ACK 2 replica: durable GOI entries (its writer)
+//! per broker b:   frontier line: RING_HEAD, PAYLOAD_TAIL, ACKED          (broker b)
+//!                 consumed line: ring slots scanned                       (sequencer)
+//!                 descriptor ring: ring_slots x 64 B, READY stored last  (broker b)
+//!                 status ring: ring_slots x 16 B, [ring_seq+1, outcome]  (sequencer)
+//!                 payload log: segments of `SEGMENT_BYTES`, used circularly
+//! [GOI]           goi_slots x 64 B entries, INDEX stored last             (sequencer)
+//! ```
+//!
+//! Rules (LOG.md "Data path rules"): every 128-byte line has one writer; counters only grow;
+//! the file holds offsets, never pointers; a record's completion word (descriptor READY, GOI
+//! INDEX, status sequence) is stored last with release ordering and read first with acquire,
+//! and it names the sequence number it completes, so a recycled slot never passes for a new one.
+//! The creator pre-faults the whole file (`MAP_POPULATE`, then `MADV_POPULATE_WRITE`), because
+//! first-touch faults inside `recv()` serialise on a kernel lock.
+//!
+//! Payload bytes are not atomics: a receiving connection owns its reserved range until its
+//! descriptor is published, and readers copy a range out and then re-check that the broker's
+//! reservation tail has not lapped it (`payload_still_valid`).
+
+pub mod layout;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{LogError, Result};
+use crate::limits::VOID_RANGES_MAX;
+use crate::topic::TopicConfig;
+use layout::{control, descriptor, frontier, goi, header, Layout, LAYOUT_VERSION, LINE, MAGIC};
+
+const COUNT_BITS: u32 = 48;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+/// A batch as its broker announced it in the descriptor ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Descriptor {
+    pub payload_offset: u64,
+    pub byte_len: u32,
+    pub message_count: u32,
+    pub client_id: u64,
+    pub session_epoch: u32,
+    pub connection_id: u32,
+    pub batch_seq: u64,
+}
+
+/// What the sequencer decided for a ring slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// In the GOI at this batch index.
+    Ordered { batch_index: u64 },
+    /// Refused: the session was fenced; batches below `next_seq` are in the order.
+    Fenced { next_seq: u64 },
+    /// Already in the order (a resend); nothing new was added.
+    Duplicate,
+}
+
+const OUTCOME_ORDERED: u64 = 1 << 62;
+const OUTCOME_FENCED: u64 = 2 << 62;
+const OUTCOME_DUPLICATE: u64 = 3 << 62;
+const OUTCOME_VALUE: u64 = (1 << 62) - 1;
+
+impl Outcome {
+    fn encode(self) -> u64 {
+        match self {
+            Outcome::Ordered { batch_index } => OUTCOME_ORDERED | batch_index,
+            Outcome::Fenced { next_seq } => OUTCOME_FENCED | next_seq,
+            Outcome::Duplicate => OUTCOME_DUPLICATE,
+        }
+    }
+
+    fn decode(word: u64) -> Option<Outcome> {
+        let value = word & OUTCOME_VALUE;
+        match word & !OUTCOME_VALUE {
+            OUTCOME_ORDERED => Some(Outcome::Ordered { batch_index: value }),
+            OUTCOME_FENCED => Some(Outcome::Fenced { next_seq: value }),
+            OUTCOME_DUPLICATE => Some(Outcome::Duplicate),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the global order index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoiEntry {
+    pub batch_index: u64,
+    pub first_message: u64,
+    pub broker: u32,
+    pub message_count: u32,
+    pub payload_offset: u64,
+    pub byte_len: u32,
+    pub session_epoch: u32,
+    pub client_id: u64,
+    pub batch_seq: u64,
+    pub ring_seq: u64,
+}
+
+/// The sequencer words of the control block, unpacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SequencerState {
+    pub epoch: u64,
+    pub reserved: u64,
+    pub committed: u64,
+}
+
+pub struct TopicShm {
+    map: MmapRaw,
+    layout: Layout,
+    path: PathBuf,
+    order: u32,
+    ack: u32,
+    replication_factor: u32,
+}
+
+// Safety: every shared word is accessed through `AtomicU64`; payload ranges are written only by
+// the connection that reserved them and read only after their descriptor was published.
+unsafe impl Send for TopicShm {}
+unsafe impl Sync for TopicShm {}
+
+impl TopicShm {
+    /// Maps `path`, creating and pre-faulting it if this process is the first (`O_EXCL`
+    /// decides), otherwise waiting until the creator has stored READY.
+    pub fn create_or_open(path: &Path, topic: &TopicConfig) -> Result<TopicShm> {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(file) => Self::create(path, file, topic),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::open(path),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn create(path: &Path, file: File, topic: &TopicConfig) -> Result<TopicShm> {
+        let layout = Layout::of(topic);
+        file.set_len(layout.total_bytes())?;
+        let map = MmapOptions::new().populate().map_raw(&file)?;
+        prefault_for_write(&map);
+        let shm = TopicShm {
+            map,
+            layout,
+            path: path.to_path_buf(),
+            order: topic.order.into(),
+            ack: topic.ack.into(),
+            replication_factor: topic.replication_factor,
+        };
+        let set = |word: u64, value: u64| shm.word(word * 8).store(value, Ordering::Relaxed);
+        set(header::MAGIC, MAGIC);
+        set(header::VERSION, LAYOUT_VERSION);
+        set(header::BROKERS_MAX, layout.brokers_max);
+        set(header::RING_SLOTS, layout.ring_slots);
+        set(header::PAYLOAD_BYTES, layout.payload_bytes);
+        set(header::GOI_SLOTS, layout.goi_slots);
+        set(header::ORDER, u64::from(u32::from(topic.order)));
+        set(header::ACK, u64::from(u32::from(topic.ack)));
+        set(header::REPLICATION_FACTOR, topic.replication_factor.into());
+        shm.word(header::READY * 8).store(1, Ordering::Release);
+        tracing::info!(path = %path.display(), bytes = layout.total_bytes(), "created topic shared memory");
+        Ok(shm)
+    }
+
+    /// Maps an existing file; its header is the authority on sizes and levels.
+    pub fn open(path: &Path) -> Result<TopicShm> {
+        let bad = |reason: String| LogError::BadShm {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The creator sizes the file, pre-faults it and stores READY last.
+        loop {
+            let len = file.metadata()?.len();
+            if len >= layout::HEADER_BYTES {
+                let map = MmapOptions::new()
+                    .len(layout::HEADER_BYTES as usize)
+                    .map_raw(&file)?;
+                let words = map.as_ptr() as *const AtomicU64;
+                // Safety: the mapping is at least one page, page aligned.
+                let read = |w: u64| unsafe { (*words.add(w as usize)).load(Ordering::Acquire) };
+                if read(header::READY) == 1 {
+                    if read(header::MAGIC) != MAGIC || read(header::VERSION) != LAYOUT_VERSION {
+                        return Err(bad("not a Cairn log file of layout version 1".into()));
+                    }
+                    let layout = Layout {
+                        brokers_max: read(header::BROKERS_MAX),
+                        ring_slots: read(header::RING_SLOTS),
+                        payload_bytes: read(header::PAYLOAD_BYTES),
+                        goi_slots: read(header::GOI_SLOTS),
+                    };
+                    if !layout.ring_slots.is_power_of_two()
+                        || !layout.goi_slots.is_power_of_two()
+                        || layout.total_bytes() != len
+                    {
+                        return Err(bad(format!(
+                            "header sizes {layout:?} do not match length {len}"
+                        )));
+                    }
+                    let (order, ack, rf) = (
+                        read(header::ORDER),
+                        read(header::ACK),
+                        read(header::REPLICATION_FACTOR),
+                    );
+                    let map = MmapOptions::new().populate().map_raw(&file)?;
+                    return Ok(TopicShm {
+                        map,
+                        layout,
+                        path: path.to_path_buf(),
+                        order: order as u32,
+                        ack: ack as u32,
+                        replication_factor: rf as u32,
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(bad("creator never finished (READY not set)".into()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn order(&self) -> u32 {
+        self.order
+    }
+
+    pub fn ack(&self) -> u32 {
+        self.ack
+    }
+
+    pub fn replication_factor(&self) -> u32 {
+        self.replication_factor
+    }
+
+    fn word(&self, byte_offset: u64) -> &AtomicU64 {
+        assert!(
+            byte_offset % 8 == 0 && byte_offset + 8 <= self.layout_len(),
+            "word {byte_offset}"
+        );
+        // Safety: in bounds (checked), 8-byte aligned (the map is page aligned), and shared
+        // words are only ever accessed atomically.
+        unsafe { &*(self.map.as_mut_ptr().add(byte_offset as usize) as *const AtomicU64) }
+    }
+
+    fn layout_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    // ---- broker frontier ------------------------------------------------------------------
+
+    pub fn frontier(&self, broker: u32, field: u64) -> u64 {
+        self.word(self.layout.frontier(broker, field))
+            .load(Ordering::Acquire)
+    }
+
+    pub fn set_frontier(&self, broker: u32, field: u64, value: u64) {
+        let word = self.word(self.layout.frontier(broker, field));
+        debug_assert!(
+            word.load(Ordering::Relaxed) <= value,
+            "frontier {field} went backwards"
+        );
+        word.store(value, Ordering::Release);
+    }
+
+    pub fn consumed(&self, broker: u32) -> u64 {
+        self.word(self.layout.consumed(broker))
+            .load(Ordering::Acquire)
+    }
+
+    pub fn set_consumed(&self, broker: u32, value: u64) {
+        let word = self.word(self.layout.consumed(broker));
+        assert!(
+            word.load(Ordering::Relaxed) <= value,
+            "consumed cursor went backwards"
+        );
+        word.store(value, Ordering::Release);
+    }
+
+    // ---- descriptors ----------------------------------------------------------------------
+
+    /// Stores a descriptor's fields, then READY (release): a reader that sees READY sees all.
+    pub fn publish_descriptor(&self, broker: u32, ring_seq: u64, d: &Descriptor) {
+        let at = |w| self.word(self.layout.descriptor(broker, ring_seq, w));
+        at(descriptor::PAYLOAD_OFFSET).store(d.payload_offset, Ordering::Relaxed);
+        at(descriptor::SIZES).store(
+            u64::from(d.byte_len) | u64::from(d.message_count) << 32,
+            Ordering::Relaxed,
+        );
+        at(descriptor::CLIENT_ID).store(d.client_id, Ordering::Relaxed);
+        at(descriptor::SESSION).store(
+            u64::from(d.session_epoch) | u64::from(d.connection_id) << 32,
+            Ordering::Relaxed,
+        );
+        at(descriptor::BATCH_SEQ).store(d.batch_seq, Ordering::Relaxed);
+        at(descriptor::READY).store(ring_seq + 1, Ordering::Release);
+    }
+
+    /// The descriptor at `ring_seq` if it is published and not yet recycled.
+    pub fn read_descriptor(&self, broker: u32, ring_seq: u64) -> Option<Descriptor> {
+        let at = |w| self.word(self.layout.descriptor(broker, ring_seq, w));
+        if at(descriptor::READY).load(Ordering::Acquire) != ring_seq + 1 {
+            return None;
+        }
+        let sizes = at(descriptor::SIZES).load(Ordering::Relaxed);
+        let session = at(descriptor::SESSION).load(Ordering::Relaxed);
+        let d = Descriptor {
+            payload_offset: at(descriptor::PAYLOAD_OFFSET).load(Ordering::Relaxed),
+            byte_len: sizes as u32,
+            message_count: (sizes >> 32) as u32,
+            client_id: at(descriptor::CLIENT_ID).load(Ordering::Relaxed),
+            session_epoch: session as u32,
+            connection_id: (session >> 32) as u32,
+            batch_seq: at(descriptor::BATCH_SEQ).load(Ordering::Relaxed),
+        };
+        // A writer recycling the slot stores fields before READY; re-check READY so a torn
+        // read of a recycled slot is never returned.
+        fence(Ordering::Acquire);
+        (at(descriptor::READY).load(Ordering::Relaxed) == ring_seq + 1).then_some(d)
+    }
+
+    // ---- statuses -------------------------------------------------------------------------
+
+    pub fn write_status(&self, broker: u32, ring_seq: u64, outcome: Outcome) {
+        let at = |w| self.word(self.layout.status(broker, ring_seq, w));
+        at(1).store(outcome.encode(), Ordering::Relaxed);
+        at(0).store(ring_seq + 1, Ordering::Release);
+    }
+
+    pub fn read_status(&self, broker: u32, ring_seq: u64) -> Option<Outcome> {
+        let at = |w| self.word(self.layout.status(broker, ring_seq, w));
+        if at(0).load(Ordering::Acquire) != ring_seq + 1 {
+            return None;
+        }
+        Outcome::decode(at(1).load(Ordering::Relaxed))
+    }
+
+    // ---- payload --------------------------------------------------------------------------
+
+    /// The bytes at logical `offset` of `broker`'s payload log, for the connection that
+    /// reserved them to receive into.
+    ///
+    /// # Safety
+    /// The caller must own `[offset, offset + len)` (reserved, descriptor not yet published)
+    /// and the range must not cross a segment boundary.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn payload_mut(&self, broker: u32, offset: u64, len: u32) -> &mut [u8] {
+        let (start, len) = self.payload_range(broker, offset, len);
+        std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len)
+    }
+
+    /// Copies a published batch's payload into `out`. The caller checks
+    /// `payload_still_valid` afterwards (the bytes may have been recycled while copying).
+    pub fn copy_payload(&self, broker: u32, offset: u64, len: u32, out: &mut Vec<u8>) {
+        let (start, len) = self.payload_range(broker, offset, len);
+        // Safety: in bounds (checked by payload_range); a concurrent recycle can only make the
+        // copy stale, which the caller detects; u8 has no invalid values.
+        let src = unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) };
+        out.extend_from_slice(src);
+    }
+
+    /// True if the payload at `[offset, offset + len)` was not overwritten: the broker's
+    /// reservation tail has not lapped it.
+    pub fn payload_still_valid(&self, broker: u32, offset: u64) -> bool {
+        fence(Ordering::Acquire);
+        // A later reservation overlaps these bytes physically only once it reaches one whole
+        // log length past them.
+        self.frontier(broker, frontier::PAYLOAD_TAIL) <= offset + self.layout.payload_bytes
+    }
+
+    fn payload_range(&self, broker: u32, offset: u64, len: u32) -> (usize, usize) {
+        let phys = offset % self.layout.payload_bytes;
+        assert!(
+            phys + u64::from(len) <= self.layout.payload_bytes,
+            "batch at {offset}+{len} wraps the payload log"
+        );
+        ((self.layout.payload(broker) + phys) as usize, len as usize)
+    }
+
+    // ---- global order index ---------------------------------------------------------------
+
+    pub fn write_goi(&self, e: &GoiEntry) {
+        let at = |w| self.word(self.layout.goi(e.batch_index, w));
+        at(goi::FIRST_MESSAGE).store(e.first_message, Ordering::Relaxed);
+        at(goi::BROKER_COUNT).store(
+            u64::from(e.broker) | u64::from(e.message_count) << 32,
+            Ordering::Relaxed,
+        );
+        at(goi::PAYLOAD_OFFSET).store(e.payload_offset, Ordering::Relaxed);
+        at(goi::LEN_EPOCH).store(
+            u64::from(e.byte_len) | u64::from(e.session_epoch) << 32,
+            Ordering::Relaxed,
+        );
+        at(goi::CLIENT_ID).store(e.client_id, Ordering::Relaxed);
+        at(goi::BATCH_SEQ).store(e.batch_seq, Ordering::Relaxed);
+        at(goi::RING_SEQ).store(e.ring_seq, Ordering::Relaxed);
+        at(goi::INDEX).store(e.batch_index + 1, Ordering::Release);
+    }
+
+    /// The GOI entry at `index`, if it was written and not yet recycled.
+    pub fn read_goi(&self, index: u64) -> Option<GoiEntry> {
+        let at = |w| self.word(self.layout.goi(index, w));
+        if at(goi::INDEX).load(Ordering::Acquire) != index + 1 {
+            return None;
+        }
+        let broker_count = at(goi::BROKER_COUNT).load(Ordering::Relaxed);
+        let len_epoch = at(goi::LEN_EPOCH).load(Ordering::Relaxed);
+        let e = GoiEntry {
+            batch_index: index,
+            first_message: at(goi::FIRST_MESSAGE).load(Ordering::Relaxed),
+            broker: broker_count as u32,
+            message_count: (broker_count >> 32) as u32,
+            payload_offset: at(goi::PAYLOAD_OFFSET).load(Ordering::Relaxed),
+            byte_len: len_epoch as u32,
+            session_epoch: (len_epoch >> 32) as u32,
+            client_id: at(goi::CLIENT_ID).load(Ordering::Relaxed),
+            batch_seq: at(goi::BATCH_SEQ).load(Ordering::Relaxed),
+            ring_seq: at(goi::RING_SEQ).load(Ordering::Relaxed),
+        };
+        fence(Ordering::Acquire);
+        (at(goi::INDEX).load(Ordering::Relaxed) == index + 1).then_some(e)
+    }
+
+    // ---- sequencer control ----------------------------------------------------------------
+
+    pub fn sequencer_state(&self) -> SequencerState {
+        let reserved = self.word(control::RESERVED).load(Ordering::Acquire);
+        let committed = self.word(control::COMMITTED).load(Ordering::Acquire);
+        SequencerState {
+            epoch: committed >> COUNT_BITS,
+            reserved: reserved & COUNT_MASK,
+            committed: committed & COUNT_MASK,
+        }
+    }
+
+    /// The committed prefix: GOI entries `0..committed` are final.
+    pub fn committed(&self) -> u64 {
+        self.word(control::COMMITTED).load(Ordering::Acquire) & COUNT_MASK
+    }
+
+    /// Reserves GOI indexes `from..to` for a sequencer of `epoch` (one atomic per epoch). Fails
+    /// if another sequencer has taken over since.
+    pub fn try_reserve(&self, epoch: u64, from: u64, to: u64) -> bool {
+        let word = self.word(control::RESERVED);
+        word.compare_exchange(
+            pack(epoch, from),
+            pack(epoch, to),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    }
+
+    /// Publishes `from..to` as committed. Fails (and the entries stay invisible) if the caller
+    /// has been fenced by a takeover.
+    pub fn try_commit(&self, epoch: u64, from: u64, to: u64) -> bool {
+        let word = self.word(control::COMMITTED);
+        word.compare_exchange(
+            pack(epoch, from),
+            pack(epoch, to),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    }
+
+    /// Becomes the sequencer: bumps the fencing epoch in both control words so a zombie's
+    /// reservation and commit fail from now on. Entries a zombie reserved but never committed
+    /// become a void range that readers skip. Returns the new state.
+    pub fn take_over(&self) -> SequencerState {
+        let reserved_word = self.word(control::RESERVED);
+        let committed_word = self.word(control::COMMITTED);
+        loop {
+            let reserved = reserved_word.load(Ordering::Acquire);
+            let epoch = (reserved >> COUNT_BITS) + 1;
+            let reserved_count = reserved & COUNT_MASK;
+            if reserved_word
+                .compare_exchange(
+                    reserved,
+                    pack(epoch, reserved_count),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            // The old sequencer can no longer reserve; its commits of already reserved ranges
+            // fail once COMMITTED carries the new epoch too.
+            let committed = committed_word.swap(pack(epoch, reserved_count), Ordering::AcqRel);
+            let committed_count = committed & COUNT_MASK;
+            if committed_count < reserved_count {
+                self.record_void(committed_count, reserved_count);
+            }
+            return SequencerState {
+                epoch,
+                reserved: reserved_count,
+                committed: reserved_count,
+            };
+        }
+    }
+
+    /// Sets the committed prefix of a freshly created file being restored from disk.
+    pub fn restore_committed(&self, committed: u64) {
+        assert_eq!(
+            self.sequencer_state(),
+            SequencerState {
+                epoch: 0,
+                reserved: 0,
+                committed: 0
+            },
+            "restore into a used file"
+        );
+        self.word(control::RESERVED)
+            .store(pack(0, committed), Ordering::Release);
+        self.word(control::COMMITTED)
+            .store(pack(0, committed), Ordering::Release);
+    }
+
+    fn record_void(&self, from: u64, to: u64) {
+        let count = self.word(control::VOID_COUNT);
+        let n = count.load(Ordering::Acquire);
+        let slot = (n % VOID_RANGES_MAX as u64) * 16;
+        self.word(control::VOID_RANGES + slot)
+            .store(from, Ordering::Relaxed);
+        self.word(control::VOID_RANGES + slot + 8)
+            .store(to, Ordering::Relaxed);
+        count.store(n + 1, Ordering::Release);
+        tracing::warn!(
+            from,
+            to,
+            "sequencer takeover voided GOI entries a fenced sequencer reserved"
+        );
+    }
+
+    /// True if GOI `index` lies in a range voided by a takeover (no entry will be committed).
+    pub fn is_void(&self, index: u64) -> bool {
+        let n = self.word(control::VOID_COUNT).load(Ordering::Acquire);
+        (n.saturating_sub(VOID_RANGES_MAX as u64)..n).any(|i| {
+            let slot = (i % VOID_RANGES_MAX as u64) * 16;
+            let from = self
+                .word(control::VOID_RANGES + slot)
+                .load(Ordering::Relaxed);
+            let to = self
+                .word(control::VOID_RANGES + slot + 8)
+                .load(Ordering::Relaxed);
+            (from..to).contains(&index)
+        })
+    }
+
+    // ---- durability -----------------------------------------------------------------------
+
+    pub fn durable(&self, replica: u32) -> u64 {
+        self.word(control::DURABLE + u64::from(replica) * LINE)
+            .load(Ordering::Acquire)
+    }
+
+    pub fn set_durable(&self, replica: u32, value: u64) {
+        self.word(control::DURABLE + u64::from(replica) * LINE)
+            .store(value, Ordering::Release);
+    }
+
+    /// GOI entries durable on every replica.
+    pub fn durable_everywhere(&self) -> u64 {
+        (0..self.replication_factor)
+            .map(|r| self.durable(r))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+fn pack(epoch: u64, count: u64) -> u64 {
+    assert!(
+        count <= COUNT_MASK && epoch < 1 << (64 - COUNT_BITS),
+        "control word overflow"
+    );
+    epoch << COUNT_BITS | count
+}
+
+/// `MAP_POPULATE` maps pages readable; writing still faults each page once. Ask the kernel to
+/// populate them writable up front, and fall back to touching every page on kernels without
+/// `MADV_POPULATE_WRITE` (5.14+).
+fn prefault_for_write(map: &MmapRaw) {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    // Safety: the range is exactly our mapping.
+    let rc = unsafe { libc::madvise(map.as_mut_ptr().cast(), map.len(), MADV_POPULATE_WRITE) };
+    if rc != 0 {
+        let page = layout::PAGE as usize;
+        for at in (0..map.len()).step_by(page) {
+            // Safety: in bounds; the file is fresh (all zero) and nobody else maps it yet.
+            unsafe { std::ptr::write_volatile(map.as_mut_ptr().add(at), 0) };
+        }
+    }
+}
