@@ -152,6 +152,21 @@ impl Control {
     }
 }
 
+impl Control {
+    /// The broker currently holding the topic's sequencer role, if any.
+    pub async fn sequencer_holder(&self, topic: &str) -> Result<Option<u32>> {
+        let response = self
+            .client
+            .clone()
+            .get(format!("{SEQUENCERS}{topic}"), None)
+            .await?;
+        Ok(response
+            .kvs()
+            .first()
+            .and_then(|kv| kv.value_str().ok()?.parse().ok()))
+    }
+}
+
 fn decode_topic(value: &[u8]) -> Result<TopicConfig> {
     serde_json::from_slice(value).map_err(|e| LogError::Control(format!("bad topic record: {e}")))
 }

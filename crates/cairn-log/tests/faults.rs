@@ -18,18 +18,36 @@ async fn bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
     let b0 = TestBroker::start(0, &dirs.shm, &dirs.data, &topic).await;
 
     tracing::info!("unknown topic");
-    let err = RawPublisher::connect(&b0.address, "nope", 1).await.err().expect("refused");
+    let err = RawPublisher::connect(&b0.address, "nope", 1)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), ErrorCode::UnknownTopic);
     assert!(err.message.contains("nope"), "{}", err.message);
 
     tracing::info!("a batch larger than the limit");
     let mut big = RawPublisher::connect(&b0.address, "t", 2).await.unwrap();
-    let header = cairn_proto::logpb::BatchHeader { batch_seq: 0, session_epoch: 0, message_count: 1, byte_size: BATCH_BYTES_MAX + 1 };
-    send_frame(&mut big.stream, ClientFrame { frame: Some(client_frame::Frame::Batch(header)) }).await;
+    let header = cairn_proto::logpb::BatchHeader {
+        batch_seq: 0,
+        session_epoch: 0,
+        message_count: 1,
+        byte_size: BATCH_BYTES_MAX + 1,
+    };
+    send_frame(
+        &mut big.stream,
+        ClientFrame {
+            frame: Some(client_frame::Frame::Batch(header)),
+        },
+    )
+    .await;
     match big.next_frame().await {
         Frame::Error(e) => {
             assert_eq!(e.code(), ErrorCode::BatchTooLarge);
-            assert!(e.message.contains(&BATCH_BYTES_MAX.to_string()), "{}", e.message);
+            assert!(
+                e.message.contains(&BATCH_BYTES_MAX.to_string()),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected an error, got {other:?}"),
     }
@@ -43,9 +61,23 @@ async fn bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
 
     tracing::info!("a connection that opens with a batch instead of hello");
     let mut rude = tokio::net::TcpStream::connect(&b0.address).await.unwrap();
-    let header = cairn_proto::logpb::BatchHeader { batch_seq: 0, session_epoch: 0, message_count: 0, byte_size: 0 };
-    send_frame(&mut rude, ClientFrame { frame: Some(client_frame::Frame::Batch(header)) }).await;
-    let frame = cairn_log::wire::read_frame::<cairn_proto::logpb::BrokerFrame>(&mut rude).await.unwrap().unwrap();
+    let header = cairn_proto::logpb::BatchHeader {
+        batch_seq: 0,
+        session_epoch: 0,
+        message_count: 0,
+        byte_size: 0,
+    };
+    send_frame(
+        &mut rude,
+        ClientFrame {
+            frame: Some(client_frame::Frame::Batch(header)),
+        },
+    )
+    .await;
+    let frame = cairn_log::wire::read_frame::<cairn_proto::logpb::BrokerFrame>(&mut rude)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(frame.frame, Some(Frame::Error(e)) if e.code() == ErrorCode::Protocol));
 
     tracing::info!("none of it reached the log, and a well-behaved publisher is served");
@@ -68,15 +100,34 @@ async fn a_connection_dying_mid_batch_never_exposes_a_partial_batch() {
     for n in 0..100 {
         cairn_log::wire::push_message(&mut payload, format!("partial-{n}").as_bytes());
     }
-    let header = cairn_proto::logpb::BatchHeader { batch_seq: 0, session_epoch: 0, message_count: 100, byte_size: payload.len() as u32 };
-    send_frame(&mut dying.stream, ClientFrame { frame: Some(client_frame::Frame::Batch(header)) }).await;
-    dying.stream.write_all(&payload[..payload.len() / 2]).await.unwrap();
+    let header = cairn_proto::logpb::BatchHeader {
+        batch_seq: 0,
+        session_epoch: 0,
+        message_count: 100,
+        byte_size: payload.len() as u32,
+    };
+    send_frame(
+        &mut dying.stream,
+        ClientFrame {
+            frame: Some(client_frame::Frame::Batch(header)),
+        },
+    )
+    .await;
+    dying
+        .stream
+        .write_all(&payload[..payload.len() / 2])
+        .await
+        .unwrap();
     drop(dying);
 
     drop(publish_numbered("t", addresses(&[&b0]), "whole", 50, 128).await);
     let mut sub = subscribe("t", &[&b0], true, StartAt::Earliest).await;
     let seen = read_messages(&mut sub, 50).await;
-    assert!(seen.iter().all(|(_, m)| m.starts_with("whole-")), "a partial batch leaked: {:?}", &seen[..3]);
+    assert!(
+        seen.iter().all(|(_, m)| m.starts_with("whole-")),
+        "a partial batch leaked: {:?}",
+        &seen[..3]
+    );
     assert_eq!(seen.first().map(|(p, _)| *p), Some(0));
     b0.stop().await;
 }
@@ -99,7 +150,10 @@ async fn ack2_data_survives_losing_the_processes_and_the_shared_memory() {
         let dir = dirs.data.join("durable").join(format!("replica-{replica}"));
         let records = cairn_log::durable::read_records(&dir).unwrap();
         let messages: u32 = records.iter().map(|r| r.entry.message_count).sum();
-        assert_eq!(messages, 2000, "replica {replica} holds every acknowledged message");
+        assert_eq!(
+            messages, 2000,
+            "replica {replica} holds every acknowledged message"
+        );
     }
 
     tracing::info!("the shared memory is gone (host reboot); a new broker restores it from disk");

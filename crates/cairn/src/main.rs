@@ -1,6 +1,7 @@
 //! `cairn` — the command line: `serve` runs a member, `bench` measures one.
 
 mod cluster;
+mod log;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +37,9 @@ enum Command {
     /// Local development clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The ordered publish/subscribe log: brokers, topics, publish, subscribe.
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -148,12 +152,40 @@ struct ServeArgs {
     /// clusters on one host; messages stay in order).
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     experimental_peer_delay: Duration,
+    /// Address of the embedded ordered-log broker (id 0; `cairn log …` talks to it); empty
+    /// disables it. If the port is taken the member runs without it.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    log_listen: String,
+    /// Directory of the embedded broker's shared-memory topic files (default: a directory
+    /// under /dev/shm named after --data-dir).
+    #[arg(long)]
+    log_shm_dir: Option<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `cairn_server=debug`.
     #[arg(long, default_value = "info", env = "CAIRN_LOG")]
     log_level: String,
 }
 
 impl ServeArgs {
+    /// The embedded broker's settings, if it is enabled and can reach this member over http.
+    fn embedded_broker(&self) -> Option<log::EmbeddedBroker> {
+        let endpoint = self.advertise_client_urls.first()?.clone();
+        if self.log_listen.is_empty() || !endpoint.starts_with("http://") {
+            return None;
+        }
+        let data_dir =
+            std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        let shm_dir = self
+            .log_shm_dir
+            .clone()
+            .unwrap_or_else(|| log::default_shm_dir(&data_dir));
+        Some(log::EmbeddedBroker {
+            listen: self.log_listen.clone(),
+            shm_dir,
+            data_dir: data_dir.join("log"),
+            endpoint,
+        })
+    }
+
     fn into_config(self) -> ServerConfig {
         let defaults = ServerConfig::default();
         ServerConfig {
@@ -207,15 +239,31 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_logging(&args.log_level);
+            let embedded = args.embedded_broker();
             let config = args.into_config();
             runtime.block_on(async move {
-                cairn_server::run(config, shutdown_signal())
-                    .await
-                    .context("cairn serve")
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let broker = embedded.map(|e| tokio::spawn(e.run(stopped)));
+                let served = cairn_server::run(config, shutdown_signal()).await;
+                let _ = stop.send(true);
+                if let Some(broker) = broker {
+                    let _ = broker.await;
+                }
+                served.context("cairn serve")
             })
         }
         Command::Cluster(ClusterCommand::Up(args)) => {
             runtime.block_on(cluster::up(args, shutdown_signal()))
+        }
+        Command::Log(command) => {
+            // A broker logs like a server; the client commands only speak up about trouble.
+            let default = if matches!(command, log::LogCommand::Broker(_)) {
+                "info"
+            } else {
+                "warn"
+            };
+            init_logging(&std::env::var("CAIRN_LOG").unwrap_or_else(|_| default.to_string()));
+            runtime.block_on(log::run(command, shutdown_signal()))
         }
         Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(async move {
             let report = cairn_bench::kv::run(&args)

@@ -132,19 +132,10 @@ impl Broker {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        let lease = match &self.control {
-            Some(control) => Some(
-                control
-                    .register_broker(
-                        self.config.id,
-                        &self.config.advertise,
-                        self.config.lease_ttl_s,
-                    )
-                    .await?,
-            ),
-            None => None,
-        };
-        let control_loop = lease.map(|lease| tokio::spawn(Arc::clone(&self).control_loop(lease)));
+        let control_loop = self
+            .control
+            .is_some()
+            .then(|| tokio::spawn(Arc::clone(&self).control_loop()));
         let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
         tracing::info!(broker = self.config.id, address = %self.config.advertise, "log broker serving");
         tokio::pin!(shutdown);
@@ -227,21 +218,40 @@ impl Broker {
     }
 
     /// Maps newly created topics and keeps this broker's sequencer roles in step with the KV.
-    async fn control_loop(self: Arc<Self>, lease: BrokerLease) {
+    /// The broker registers (lease + key) only once a topic exists, so an idle embedded broker
+    /// writes nothing into the user's keyspace.
+    async fn control_loop(self: Arc<Self>) {
         let control = self
             .control
             .clone()
             .expect("control loop runs with a control plane");
+        let mut lease: Option<BrokerLease> = None;
         loop {
-            if let Err(e) = self.reconcile(&control, &lease).await {
+            if let Err(e) = self.reconcile(&control, &mut lease).await {
                 tracing::warn!("log control plane: {e}");
             }
             tokio::time::sleep(CONTROL_PERIOD).await;
         }
     }
 
-    async fn reconcile(&self, control: &Control, lease: &BrokerLease) -> Result<()> {
-        for config in control.topics().await? {
+    async fn reconcile(&self, control: &Control, lease: &mut Option<BrokerLease>) -> Result<()> {
+        let topics = control.topics().await?;
+        if topics.is_empty() {
+            return Ok(());
+        }
+        if !lease.as_ref().is_some_and(BrokerLease::alive) {
+            *lease = Some(
+                control
+                    .register_broker(
+                        self.config.id,
+                        &self.config.advertise,
+                        self.config.lease_ttl_s,
+                    )
+                    .await?,
+            );
+        }
+        let lease = lease.as_ref().expect("registered above");
+        for config in topics {
             if config.brokers_max > self.config.id {
                 self.add_topic(config).await?;
             }

@@ -57,9 +57,9 @@ impl SequencerDriver {
         for e in &history {
             // Only entries whose descriptor is still the one in the ring (restored entries
             // and recycled slots are not).
-            let in_ring = shm
-                .read_descriptor(e.broker, e.ring_seq)
-                .is_some_and(|d| d.payload_offset == e.payload_offset && d.batch_seq == e.batch_seq);
+            let in_ring = shm.read_descriptor(e.broker, e.ring_seq).is_some_and(|d| {
+                d.payload_offset == e.payload_offset && d.batch_seq == e.batch_seq
+            });
             if in_ring && e.ring_seq >= cursors[e.broker as usize] {
                 // The previous sequencer may have died between commit and statuses.
                 shm.write_status(

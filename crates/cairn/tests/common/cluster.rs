@@ -160,7 +160,7 @@ impl CairnCluster {
             .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--snapshot-count", "2000"])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn", "--log-listen="])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

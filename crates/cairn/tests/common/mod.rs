@@ -104,6 +104,7 @@ impl Cairn {
                 &format!("default={peer_url}"),
             ])
             .args(["--log-level", "warn"])
+            .args(log_broker_off(&self.extra_args))
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -174,6 +175,12 @@ impl Drop for Cairn {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `--log-listen=` (no embedded log broker) unless the test configures one: parallel tests
+/// would race for its default port.
+pub fn log_broker_off(extra_args: &[String]) -> Option<&'static str> {
+    (!extra_args.iter().any(|a| a.starts_with("--log-listen"))).then_some("--log-listen=")
 }
 
 /// A Debian `etcd` process: the differential oracle and the benchmark peer.
