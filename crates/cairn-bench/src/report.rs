@@ -38,7 +38,7 @@ impl Latencies {
         self.histogram.len()
     }
 
-    fn millis_at(&self, quantile: f64) -> f64 {
+    pub fn millis_at(&self, quantile: f64) -> f64 {
         self.histogram.value_at_quantile(quantile) as f64 / 1000.0
     }
 }

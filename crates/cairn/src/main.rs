@@ -55,6 +55,9 @@ enum ClusterCommand {
 enum BenchCommand {
     /// etcd v3 API load, like etcd's `benchmark` tool (works against etcd too).
     Kv(KvBenchArgs),
+    /// The ordered log: publish, subscribe and end-to-end figures against the loopback and
+    /// memcpy ceilings (and NATS JetStream with --nats).
+    Log(cairn_bench::log::run::LogBenchArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -265,6 +268,15 @@ fn main() -> anyhow::Result<()> {
             init_logging(&std::env::var("CAIRN_LOG").unwrap_or_else(|_| default.to_string()));
             runtime.block_on(log::run(command, shutdown_signal()))
         }
+        Command::Bench(BenchCommand::Log(args)) => runtime.block_on(async move {
+            let report = cairn_bench::log::run::run(&args)
+                .await
+                .context("cairn bench log")?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(())
+        }),
         Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(async move {
             let report = cairn_bench::kv::run(&args)
                 .await

@@ -26,7 +26,9 @@ const IDLE_SLEEP: Duration = Duration::from_micros(50);
 const PROGRESS_EVERY: Duration = Duration::from_millis(20);
 
 pub fn serve(topic: Arc<TopicRuntime>, stream: TcpStream, subscribe: logpb::Subscribe) {
-    let mut out = BufWriter::with_capacity(1 << 20, stream);
+    // Small batches coalesce in the buffer; a payload at least this big bypasses it (BufWriter
+    // writes it straight to the socket), saving a copy of every large batch.
+    let mut out = BufWriter::with_capacity(64 * 1024, stream);
     let result = if topic.config.order.sequenced() {
         serve_global(&topic, &mut out, &subscribe)
     } else {

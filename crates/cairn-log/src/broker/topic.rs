@@ -114,10 +114,12 @@ impl TopicRuntime {
         self.shm
             .set_frontier(self.broker, frontier::RING_HEAD, head + 1);
         if !self.config.order.sequenced() {
-            // No sequencer: the ring is this broker's own order; nothing else consumes it.
+            // No sequencer: the ring is this broker's own order and nothing else consumes it;
+            // the batch is final, so its space joins the retention window right away.
             self.shm.set_consumed(self.broker, head + 1);
             self.shm
                 .set_frontier(self.broker, frontier::ACKED, head + 1);
+            self.release_payload(d.payload_offset);
         }
         Some(head)
     }

@@ -148,11 +148,18 @@ impl Publisher {
         Ok(())
     }
 
-    /// Sends the open batch and waits until every batch is acknowledged (at ACK 1/2).
-    pub async fn flush(&mut self) -> Result<()> {
+    /// Sends the open batch now (without waiting for acks): a paced publisher calls this at
+    /// the end of each tick so no message waits for the next `publish`.
+    pub async fn send_open_batch(&mut self) -> Result<()> {
         if self.building_count > 0 {
             self.seal().await?;
         }
+        Ok(())
+    }
+
+    /// Sends the open batch and waits until every batch is acknowledged (at ACK 1/2).
+    pub async fn flush(&mut self) -> Result<()> {
+        self.send_open_batch().await?;
         while self.ack != AckLevel::None && self.connections.iter().any(|c| !c.inflight.is_empty())
         {
             self.handle_event().await?;

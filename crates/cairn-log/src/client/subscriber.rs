@@ -231,8 +231,17 @@ async fn read_stream(
                             d.byte_size
                         )));
                     }
-                    let mut payload = vec![0u8; d.byte_size as usize];
-                    stream.read_exact(&mut payload).await?;
+                    // read_to_end fills spare capacity without zeroing it first.
+                    let mut payload = Vec::with_capacity(d.byte_size as usize);
+                    (&mut stream)
+                        .take(u64::from(d.byte_size))
+                        .read_to_end(&mut payload)
+                        .await?;
+                    if payload.len() != d.byte_size as usize {
+                        return Err(LogError::Protocol(
+                            "subscription ended inside a batch".into(),
+                        ));
+                    }
                     let batch = Delivered {
                         batch_index: d.batch_index,
                         first_message: d.first_message,
