@@ -22,17 +22,36 @@ pub async fn read_frame<M: Message + Default>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_le_bytes(len);
+    let mut buf = vec![0u8; envelope_len(len)?];
+    r.read_exact(&mut buf).await?;
+    decode_envelope(&buf).map(Some)
+}
+
+/// `read_frame` for a blocking socket (the broker's ingest threads).
+pub fn read_frame_blocking<M: Message + Default>(r: &mut impl std::io::Read) -> Result<Option<M>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut buf = vec![0u8; envelope_len(len)?];
+    r.read_exact(&mut buf)?;
+    decode_envelope(&buf).map(Some)
+}
+
+fn envelope_len(prefix: [u8; 4]) -> Result<usize> {
+    let len = u32::from_le_bytes(prefix);
     if len > FRAME_BYTES_MAX {
         return Err(LogError::Malformed(format!(
             "frame of {len} bytes exceeds {FRAME_BYTES_MAX}"
         )));
     }
-    let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf).await?;
-    M::decode(buf.as_slice())
-        .map(Some)
-        .map_err(|e| LogError::Malformed(format!("bad frame: {e}")))
+    Ok(len as usize)
+}
+
+fn decode_envelope<M: Message + Default>(buf: &[u8]) -> Result<M> {
+    M::decode(buf).map_err(|e| LogError::Malformed(format!("bad frame: {e}")))
 }
 
 /// Appends one length-prefixed envelope to `out`.

@@ -110,7 +110,7 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = 1024)]
     size: usize,
     /// Seal a batch at this many bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = 1024 * 1024)]
     batch_bytes: usize,
     /// …or after its first message waited this long, ms.
     #[arg(long, default_value_t = 1)]
@@ -413,6 +413,7 @@ impl EmbeddedBroker {
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
+        tracing::info!(shm_dir = %config.shm_dir.display(), "embedded log broker (id 0); other brokers of this host use the same --shm");
         if let Err(e) = broker.run(listener, shutdown).await {
             tracing::error!("embedded log broker: {e}");
         }

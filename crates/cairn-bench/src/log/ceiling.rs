@@ -37,12 +37,41 @@ pub async fn loopback_tcp_gbps_connections(bytes: u64, connections: usize) -> io
             "loopback ceiling needs bytes > 0 and connections > 0",
         ));
     }
-    tokio::task::spawn_blocking(move || loopback_blocking(bytes, connections))
+    tokio::task::spawn_blocking(move || loopback_blocking(bytes, connections, Landing::Reused))
         .await
         .map_err(io::Error::other)?
 }
 
-fn loopback_blocking(bytes: u64, connections: usize) -> io::Result<f64> {
+/// Like [`loopback_tcp_gbps_connections`], but each receiver lands the bytes in successive
+/// 1 MiB windows of a large pre-faulted buffer, as a broker receiving into its payload log does,
+/// instead of one cache-resident buffer. Shows what part of the gap to the plain ceiling is the
+/// memory traffic of keeping the data at all.
+pub async fn loopback_into_memory_gbps(bytes: u64, connections: usize) -> io::Result<f64> {
+    if bytes == 0 || connections == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "needs bytes > 0 and connections > 0",
+        ));
+    }
+    let log_bytes =
+        (bytes / connections as u64).clamp(LOOPBACK_CHUNK_BYTES as u64, 1 << 30) as usize;
+    tokio::task::spawn_blocking(move || {
+        loopback_blocking(bytes, connections, Landing::Log(log_bytes))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Where a receiver puts what it reads.
+#[derive(Clone, Copy)]
+enum Landing {
+    /// One 1 MiB buffer, read into again and again.
+    Reused,
+    /// Successive 1 MiB windows of a buffer of this size, wrapping around.
+    Log(usize),
+}
+
+fn loopback_blocking(bytes: u64, connections: usize, landing: Landing) -> io::Result<f64> {
     let pairs = connect_pairs(connections)?;
     // Every thread waits at the start line so no connection starts while others are still
     // being spawned; the clock itself starts at the first write.
@@ -57,8 +86,10 @@ fn loopback_blocking(bytes: u64, connections: usize) -> io::Result<f64> {
         }));
         let line = start_line.clone();
         receivers.push(thread::spawn(move || {
+            // Filled before the start line: page faults stay out of the measurement.
+            let buffer = landing_buffer(landing);
             line.wait();
-            receive_share(receiver, share)
+            receive_share(receiver, share, buffer)
         }));
     }
     let mut first_write: Option<Instant> = None;
@@ -116,12 +147,24 @@ fn send_share(mut stream: TcpStream, share: u64) -> io::Result<Instant> {
 }
 
 /// Reads until EOF; returns when the last of the `share` bytes arrived.
-fn receive_share(mut stream: TcpStream, share: u64) -> io::Result<Instant> {
-    let mut buffer = vec![0_u8; LOOPBACK_CHUNK_BYTES];
+fn landing_buffer(landing: Landing) -> Vec<u8> {
+    let size = match landing {
+        Landing::Reused => LOOPBACK_CHUNK_BYTES,
+        Landing::Log(bytes) => bytes,
+    };
+    // Filled, not zeroed: zero pages would be faulted in on first write.
+    vec![1_u8; size]
+}
+
+fn receive_share(mut stream: TcpStream, share: u64, mut buffer: Vec<u8>) -> io::Result<Instant> {
+    let size = buffer.len();
+    let mut at = 0usize;
     let mut received = 0_u64;
     let mut finished = None;
     loop {
-        let len = stream.read(&mut buffer)?;
+        let window = at..(at + LOOPBACK_CHUNK_BYTES).min(size);
+        let len = stream.read(&mut buffer[window])?;
+        at = if at + len >= size { 0 } else { at + len };
         if len == 0 {
             break;
         }

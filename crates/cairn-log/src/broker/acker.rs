@@ -9,7 +9,10 @@ use crate::shm::layout::frontier;
 use crate::shm::Outcome;
 use crate::topic::AckLevel;
 
-const IDLE_SLEEP: Duration = Duration::from_micros(50);
+/// Outcomes appear once per sequencer epoch (500 µs by default): polling much faster only
+/// steals the cores the receiving connections need (measured: ~10% of ORDER 2 throughput on a
+/// 2-core host at 50 µs).
+const IDLE_SLEEP: Duration = Duration::from_micros(200);
 
 pub fn run(topic: &TopicRuntime) {
     let (shm, broker) = (&topic.shm, topic.broker);

@@ -180,7 +180,9 @@ impl Broker {
             Some(client_frame::Frame::Hello(hello)) => match self.topic(&hello.topic).await {
                 Ok(topic) => {
                     let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-                    return ingest::serve(topic, stream, hello, id).await;
+                    let stream = stream.into_std()?;
+                    stream.set_nonblocking(false)?;
+                    return ingest::spawn(topic, stream, hello, id);
                 }
                 Err(e) => Err(e),
             },

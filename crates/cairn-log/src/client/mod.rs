@@ -1,4 +1,5 @@
 //! Client side of the log: the publisher and the subscriber.
 
+pub mod batch;
 pub mod publisher;
 pub mod subscriber;

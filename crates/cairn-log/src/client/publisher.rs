@@ -18,10 +18,11 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::client::batch::{write_vectored_all, BatchBuilder, Payload};
 use crate::error::{LogError, Result};
 use crate::limits::{BATCH_BYTES_MAX, PUBLISHER_INFLIGHT_BATCHES_MAX};
 use crate::topic::AckLevel;
-use crate::wire::{encode_frame, push_message, read_frame};
+use crate::wire::{encode_frame, read_frame};
 
 #[derive(Clone, Debug)]
 pub struct PublisherConfig {
@@ -41,7 +42,7 @@ impl PublisherConfig {
         PublisherConfig {
             topic: topic.to_string(),
             brokers,
-            batch_bytes: 256 * 1024,
+            batch_bytes: 1024 * 1024,
             linger: Duration::from_millis(1),
             client_id: rand::random(),
         }
@@ -51,8 +52,7 @@ impl PublisherConfig {
 #[derive(Clone)]
 struct Batch {
     seq: u64,
-    count: u32,
-    payload: Bytes,
+    payload: Payload,
 }
 
 enum Event {
@@ -74,8 +74,7 @@ pub struct Publisher {
     next_connection: usize,
     epoch: u32,
     next_seq: u64,
-    building: Vec<u8>,
-    building_count: u32,
+    building: BatchBuilder,
     building_since: Option<Instant>,
     header: Vec<u8>,
     /// Batches resent after a lost connection or a fence.
@@ -110,8 +109,7 @@ impl Publisher {
             next_connection: 0,
             epoch: 0,
             next_seq: 0,
-            building: Vec::new(),
-            building_count: 0,
+            building: BatchBuilder::default(),
             building_since: None,
             header: Vec::new(),
             resent_batches: 0,
@@ -126,23 +124,38 @@ impl Publisher {
         self.epoch
     }
 
-    /// Appends a message; seals and sends the batch when it is full or has lingered.
+    /// Appends a copy of `message`; seals and sends the batch when it is full or has lingered.
     pub async fn publish(&mut self, message: &[u8]) -> Result<()> {
-        if message.len() + 4 > BATCH_BYTES_MAX as usize {
+        self.make_room(message.len()).await?;
+        self.building.push_copy(message);
+        self.after_push().await
+    }
+
+    /// Appends `message` without copying it (large messages go to the socket from the caller's
+    /// buffer); otherwise like `publish`.
+    pub async fn publish_bytes(&mut self, message: Bytes) -> Result<()> {
+        self.make_room(message.len()).await?;
+        self.building.push_shared(message);
+        self.after_push().await
+    }
+
+    async fn make_room(&mut self, len: usize) -> Result<()> {
+        if len + 4 > BATCH_BYTES_MAX as usize {
             return Err(LogError::BatchTooLarge {
-                size: message.len() as u32 + 4,
+                size: len as u32 + 4,
                 max: BATCH_BYTES_MAX,
             });
         }
-        if self.building.len() + 4 + message.len() > self.config.batch_bytes
-            && self.building_count > 0
-        {
+        if self.building.bytes() + 4 + len > self.config.batch_bytes && self.building.count() > 0 {
             self.seal().await?;
         }
-        push_message(&mut self.building, message);
-        self.building_count += 1;
+        Ok(())
+    }
+
+    async fn after_push(&mut self) -> Result<()> {
         let since = *self.building_since.get_or_insert_with(Instant::now);
-        if self.building.len() >= self.config.batch_bytes || since.elapsed() >= self.config.linger {
+        if self.building.bytes() >= self.config.batch_bytes || since.elapsed() >= self.config.linger
+        {
             self.seal().await?;
         }
         Ok(())
@@ -151,7 +164,7 @@ impl Publisher {
     /// Sends the open batch now (without waiting for acks): a paced publisher calls this at
     /// the end of each tick so no message waits for the next `publish`.
     pub async fn send_open_batch(&mut self) -> Result<()> {
-        if self.building_count > 0 {
+        if self.building.count() > 0 {
             self.seal().await?;
         }
         Ok(())
@@ -175,11 +188,9 @@ impl Publisher {
     async fn seal(&mut self) -> Result<()> {
         let batch = Batch {
             seq: self.next_seq,
-            count: self.building_count,
-            payload: Bytes::from(std::mem::take(&mut self.building)),
+            payload: self.building.seal(),
         };
         self.next_seq += 1;
-        self.building_count = 0;
         self.building_since = None;
         self.send(batch).await
     }
@@ -222,8 +233,8 @@ impl Publisher {
         let header = logpb::BatchHeader {
             batch_seq: batch.seq,
             session_epoch: self.epoch,
-            message_count: batch.count,
-            byte_size: batch.payload.len() as u32,
+            message_count: batch.payload.count,
+            byte_size: batch.payload.bytes as u32,
         };
         encode_frame(
             &ClientFrame {
@@ -234,8 +245,9 @@ impl Publisher {
         let Some(writer) = self.connections[conn].writer.as_mut() else {
             return false;
         };
-        let ok = writer.write_all(&self.header).await.is_ok()
-            && writer.write_all(&batch.payload).await.is_ok();
+        let ok = write_vectored_all(writer, &self.header, &batch.payload.segments)
+            .await
+            .is_ok();
         if !ok {
             self.connections[conn].writer = None;
         }
