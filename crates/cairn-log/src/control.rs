@@ -5,6 +5,7 @@
 //! | `/cairn/log/topics/<name>` | the topic's `TopicConfig` as JSON (created once) |
 //! | `/cairn/log/brokers/<id>` | the broker's client address, under the broker's lease |
 //! | `/cairn/log/sequencers/<topic>` | the id of the broker running the topic's sequencer, under its lease |
+//! | `/cairn/log/offsets/<topic>/<group>` | a subscriber group's next global position (ORDER 2/5) |
 //!
 //! A broker that dies stops renewing its lease: its registration and any sequencer role it
 //! held disappear, and a standby's `acquire_sequencer` wins.
@@ -20,6 +21,7 @@ pub const PREFIX: &str = "/cairn/log/";
 const TOPICS: &str = "/cairn/log/topics/";
 const BROKERS: &str = "/cairn/log/brokers/";
 const SEQUENCERS: &str = "/cairn/log/sequencers/";
+const OFFSETS: &str = "/cairn/log/offsets/";
 
 #[derive(Clone)]
 pub struct Control {
@@ -153,6 +155,31 @@ impl Control {
 }
 
 impl Control {
+    /// Records where subscriber `group` resumes: the next global position it wants.
+    pub async fn commit_offset(&self, topic: &str, group: &str, next_position: u64) -> Result<()> {
+        validate_name(group)?;
+        let key = format!("{OFFSETS}{topic}/{group}");
+        self.client
+            .clone()
+            .put(key, next_position.to_string(), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Where subscriber `group` resumes, if it ever committed.
+    pub async fn committed_offset(&self, topic: &str, group: &str) -> Result<Option<u64>> {
+        validate_name(group)?;
+        let response = self
+            .client
+            .clone()
+            .get(format!("{OFFSETS}{topic}/{group}"), None)
+            .await?;
+        Ok(response
+            .kvs()
+            .first()
+            .and_then(|kv| kv.value_str().ok()?.parse().ok()))
+    }
+
     /// The broker currently holding the topic's sequencer role, if any.
     pub async fn sequencer_holder(&self, topic: &str) -> Result<Option<u32>> {
         let response = self

@@ -160,3 +160,34 @@ async fn order5_fenced_session_resends_its_suffix_exactly_once() {
     b0.stop().await;
     b1.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order5_restores_session_order_after_reordering_across_brokers() {
+    let dirs = dirs();
+    let topic = topic("reorder", OrderLevel::TotalSessionFifo, AckLevel::Ordered);
+    let b0 = TestBroker::start(0, &dirs.shm, &dirs.data, &topic).await;
+    let b1 = TestBroker::start(1, &dirs.shm, &dirs.data, &topic).await;
+    let client = 7;
+    let mut conns = [
+        RawPublisher::connect(&b0.address, "reorder", client)
+            .await
+            .unwrap(),
+        RawPublisher::connect(&b1.address, "reorder", client)
+            .await
+            .unwrap(),
+    ];
+
+    tracing::info!(
+        "the session's batches arrive as 3, 1, 0, 2 on alternating brokers, spread over epochs"
+    );
+    for (i, seq) in [3u64, 1, 0, 2].into_iter().enumerate() {
+        conns[i % 2].send_batch(seq, 0, &[&format!("s{seq}")]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut sub = subscribe("reorder", &[&b0, &b1], true, StartAt::Earliest).await;
+    let seen = read_messages(&mut sub, 4).await;
+    let texts: Vec<&str> = seen.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(texts, ["s0", "s1", "s2", "s3"]);
+    b0.stop().await;
+    b1.stop().await;
+}

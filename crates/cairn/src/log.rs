@@ -122,9 +122,14 @@ pub struct PublishArgs {
 #[derive(Parser, Debug)]
 pub struct SubscribeArgs {
     topic: String,
-    /// `earliest`, `latest`, or a global message position.
+    /// `earliest`, `latest`, a global message position, or `resume` (where --group stopped;
+    /// earliest if it never ran).
     #[arg(long, default_value = "earliest")]
     from: String,
+    /// Subscriber group: its next position is committed to the KV store after every batch,
+    /// so `--from resume` continues where it stopped (ORDER 2/5).
+    #[arg(long)]
+    group: Option<String>,
     /// Stop after this many messages (default: run until Ctrl-C).
     #[arg(long)]
     count: Option<u64>,
@@ -309,15 +314,27 @@ async fn subscribe(
     args: SubscribeArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let start =
-        match args.from.as_str() {
-            "earliest" => StartAt::Earliest,
-            "latest" => StartAt::Latest,
-            n => StartAt::Position(n.parse().with_context(|| {
-                format!("--from {n:?}: expected earliest, latest or a position")
-            })?),
-        };
     let (topic, brokers) = locate(&args.topic, &args.endpoints).await?;
+    if args.group.is_some() && !topic.order.sequenced() {
+        bail!(
+            "--group needs global positions: topic {:?} has order {}",
+            topic.name,
+            u32::from(topic.order)
+        );
+    }
+    let control = Control::connect(&args.endpoints.endpoints).await?;
+    let start = match (args.from.as_str(), &args.group) {
+        ("earliest", _) => StartAt::Earliest,
+        ("latest", _) => StartAt::Latest,
+        ("resume", Some(group)) => match control.committed_offset(&topic.name, group).await? {
+            Some(position) => StartAt::Position(position),
+            None => StartAt::Earliest,
+        },
+        ("resume", None) => bail!("--from resume needs --group"),
+        (n, _) => StartAt::Position(n.parse().with_context(|| {
+            format!("--from {n:?}: expected earliest, latest, resume or a position")
+        })?),
+    };
     let mut subscriber = Subscriber::connect(
         &args.topic,
         &brokers,
@@ -328,6 +345,7 @@ async fn subscribe(
     .await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printed = 0u64;
+    let mut next_position = 0u64;
     tokio::pin!(shutdown);
     while args.count.is_none_or(|c| printed < c) {
         let batch = tokio::select! {
@@ -344,8 +362,14 @@ async fn subscribe(
             out.write_all(message)?;
             out.write_all(b"\n")?;
             printed += 1;
+            next_position = batch.first_message + i as u64 + 1;
         }
         out.flush()?;
+        if let Some(group) = &args.group {
+            control
+                .commit_offset(&topic.name, group, next_position)
+                .await?;
+        }
     }
     Ok(())
 }

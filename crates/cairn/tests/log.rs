@@ -95,6 +95,37 @@ async fn cli_topic_publish_subscribe_through_the_embedded_broker() {
     )
     .await;
     assert_eq!(text(&out.stdout), "gamma\n");
+
+    tracing::info!("a subscriber group resumes where it stopped");
+    let group = [
+        "subscribe",
+        "events",
+        "--group",
+        "audit",
+        "--from",
+        "resume",
+        "--count",
+        "2",
+    ];
+    let out = cli(args(&group, &e), "").await;
+    assert_eq!(text(&out.stdout), "alpha\nbeta\n");
+    let rest = [
+        "subscribe",
+        "events",
+        "--group",
+        "audit",
+        "--from",
+        "resume",
+        "--count",
+        "1",
+    ];
+    let out = cli(args(&rest, &e), "").await;
+    assert_eq!(
+        text(&out.stdout),
+        "gamma\n",
+        "{}",
+        text(&out.stderr).lines().last().unwrap_or("")
+    );
     let out = cli(args(&["topic", "list"], &e), "").await;
     assert!(
         text(&out.stdout).contains("events\torder=5\tack=1"),
@@ -117,7 +148,11 @@ async fn cli_topic_publish_subscribe_through_the_embedded_broker() {
         (vec!["publish", "missing"], "unknown topic"),
         (
             vec!["subscribe", "events", "--from", "soon"],
-            "expected earliest, latest or a position",
+            "expected earliest, latest, resume or a position",
+        ),
+        (
+            vec!["subscribe", "events", "--from", "resume"],
+            "--from resume needs --group",
         ),
     ] {
         let out = cli(args(&argv, &e), "").await;

@@ -53,6 +53,10 @@ pub struct LogBenchArgs {
     /// Seconds of the 50%-load end-to-end latency phase (0 skips it).
     #[arg(long, default_value_t = 2.0)]
     pub e2e_seconds: f64,
+    /// Run the end-to-end phase at this fixed rate (MB/s) instead of 50% of the peak (LOG.md's
+    /// reference latency is at 100 MB/s).
+    #[arg(long)]
+    pub e2e_rate_mbps: Option<f64>,
     /// Also run NATS JetStream (Debian nats-server) with acked publishes of each size.
     #[arg(long)]
     pub nats: bool,
@@ -381,7 +385,10 @@ async fn run_one(
     let e2e_ms = if args.e2e_seconds > 0.0 {
         // Peak end-to-end load is bounded by the slower side.
         let peak_gbps = publish_gbps.min(subscribe_gbps);
-        Some(e2e_latency(&cluster, &topic, args, size, peak_gbps * 0.5).await?)
+        let rate_gbps = args
+            .e2e_rate_mbps
+            .map_or(peak_gbps * 0.5, |mbps| mbps / 1000.0);
+        Some(e2e_latency(&cluster, &topic, args, size, rate_gbps).await?)
     } else {
         None
     };
