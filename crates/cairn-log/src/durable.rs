@@ -55,6 +55,9 @@ pub fn run_replica(
 ) -> Result<()> {
     let dir = replica_dir(topic_dir, replica);
     std::fs::create_dir_all(&dir)?;
+    let Some(_lock) = lock_replica(&dir, stop)? else {
+        return Ok(());
+    };
     let existing = read_records(&dir)?;
     // The replica's own files are the truth of what it holds (after a restore, replicas that
     // were behind catch up from the restored shared memory).
@@ -73,14 +76,12 @@ pub fn run_replica(
                 let entry = shm
                     .read_goi(next)
                     .ok_or_else(|| lost(next, "GOI entry recycled"))?;
-                scratch.clear();
-                shm.copy_payload(
+                if !shm.read_payload(
                     entry.broker,
                     entry.payload_offset,
                     entry.byte_len,
                     &mut scratch,
-                );
-                if !shm.payload_still_valid(entry.broker, entry.payload_offset) {
+                ) {
                     return Err(lost(next, "payload recycled"));
                 }
                 written += segment.append(&entry, &scratch)?;
@@ -94,6 +95,38 @@ pub fn run_replica(
         }
     }
     Ok(())
+}
+
+/// Takes the replica's writer lock (an exclusive `flock` on `<dir>/LOCK`, released when the
+/// file closes, even by a crash). A former sequencer that was paused past its lease may still run
+/// its writer until it notices the fence; the new writer waits rather than interleave appends.
+/// `None` if `stop` was raised while waiting.
+fn lock_replica(dir: &Path, stop: &AtomicBool) -> Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    let mut warned = false;
+    loop {
+        // Safety: a valid open descriptor; flock has no memory effects.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(file));
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(error.into());
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if !warned {
+            tracing::warn!(dir = %dir.display(), "another ACK 2 writer holds this replica; waiting for it to stop");
+            warned = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn lost(index: u64, why: &str) -> LogError {

@@ -40,6 +40,13 @@ async fn cli(args: Vec<String>, stdin: &str) -> Output {
     .expect("cli thread")
 }
 
+/// `cli` that must succeed.
+async fn cli_ok(list: &[&str], endpoint: &str, stdin: &str) -> Output {
+    let out = cli(args(list, endpoint), stdin).await;
+    assert!(out.status.success(), "{list:?}: {}", text(&out.stderr));
+    out
+}
+
 fn args(list: &[&str], endpoint: &str) -> Vec<String> {
     let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
     v.push(format!("--endpoints={endpoint}"));
@@ -59,25 +66,13 @@ async fn cli_topic_publish_subscribe_through_the_embedded_broker() {
     let e = cairn.endpoint();
 
     tracing::info!("create a topic, publish stdin lines, read them back with positions");
-    let out = cli(
-        args(
-            &[
-                "topic",
-                "create",
-                "events",
-                "--order",
-                "5",
-                "--payload-mib",
-                "8",
-            ],
-            &e,
-        ),
+    cli_ok(
+        &["topic", "create", "events", "--order=5", "--payload-mib=8"],
+        &e,
         "",
     )
     .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = cli(args(&["publish", "events"], &e), "alpha\nbeta\ngamma\n").await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli_ok(&["publish", "events"], &e, "alpha\nbeta\ngamma\n").await;
     assert!(
         text(&out.stderr).contains("published 3 messages"),
         "{}",
@@ -283,25 +278,16 @@ async fn broker_processes_survive_sigkill_and_ack2_survives_losing_everything() 
     let kv_dir: PathBuf = dir.path().join("kv");
     let mut cairn = Cairn::start_in(&kv_dir, &[]).await;
     let e = cairn.endpoint();
-    let out = cli(
-        args(
-            &[
-                "topic",
-                "create",
-                "ledger",
-                "--order=5",
-                "--ack=2",
-                "--replication-factor=2",
-                "--brokers=2",
-                "--payload-mib=16",
-                "--session-lease-ms=500",
-            ],
-            &e,
-        ),
-        "",
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let create = [
+        "topic",
+        "create",
+        "ledger",
+        "--order=5",
+        "--ack=2",
+        "--replication-factor=2",
+    ];
+    let sizes = ["--brokers=2", "--payload-mib=16", "--session-lease-ms=500"];
+    cli_ok(&[&create[..], &sizes[..]].concat(), &e, "").await;
     let mut brokers = [
         BrokerProcess::start(0, &shm, &data, &e),
         BrokerProcess::start(1, &shm, &data, &e),

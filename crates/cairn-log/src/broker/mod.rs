@@ -108,6 +108,15 @@ impl Broker {
         Ok(topic)
     }
 
+    fn mapped_topics(&self) -> Vec<Arc<TopicRuntime>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn local_topic(&self, name: &str) -> Option<Arc<TopicRuntime>> {
         self.topics.read().expect("topics lock").get(name).cloned()
     }
@@ -159,13 +168,7 @@ impl Broker {
         if let Some(task) = control_loop {
             task.abort();
         }
-        let topics: Vec<_> = self
-            .topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.mapped_topics();
         tokio::task::spawn_blocking(move || topics.iter().for_each(|t| t.shutdown()))
             .await
             .map_err(|e| LogError::Protocol(format!("shutdown task: {e}")))?;
@@ -258,13 +261,7 @@ impl Broker {
                 self.add_topic(config).await?;
             }
         }
-        let topics: Vec<_> = self
-            .topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.mapped_topics();
         for topic in topics.iter().filter(|t| t.config.order.sequenced()) {
             let holds = lease.alive()
                 && control

@@ -66,12 +66,7 @@ fn serve_global(
     while !topic.stopping() {
         let committed = shm.committed();
         if index >= committed {
-            out.flush()?;
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                write_progress(out, index)?;
-                last_progress = Instant::now();
-            }
-            std::thread::sleep(IDLE_SLEEP);
+            idle(out, &mut last_progress, index)?;
             continue;
         }
         for i in index..committed {
@@ -82,14 +77,12 @@ fn serve_global(
             if !wanted(entry.broker) {
                 continue;
             }
-            scratch.clear();
-            shm.copy_payload(
+            if !shm.read_payload(
                 entry.broker,
                 entry.payload_offset,
                 entry.byte_len,
                 &mut scratch,
-            );
-            if !shm.payload_still_valid(entry.broker, entry.payload_offset) {
+            ) {
                 return Err(out_of_range(shm, i));
             }
             let data = logpb::BatchData {
@@ -196,12 +189,7 @@ fn serve_ring(
     while !topic.stopping() {
         let head = shm.frontier(broker, frontier::RING_HEAD);
         if seq >= head {
-            out.flush()?;
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                write_progress(out, seq)?;
-                last_progress = Instant::now();
-            }
-            std::thread::sleep(IDLE_SLEEP);
+            idle(out, &mut last_progress, seq)?;
             continue;
         }
         let stale = || LogError::OutOfRange {
@@ -210,9 +198,7 @@ fn serve_ring(
             end: head,
         };
         let d = shm.read_descriptor(broker, seq).ok_or_else(stale)?;
-        scratch.clear();
-        shm.copy_payload(broker, d.payload_offset, d.byte_len, &mut scratch);
-        if !shm.payload_still_valid(broker, d.payload_offset) {
+        if !shm.read_payload(broker, d.payload_offset, d.byte_len, &mut scratch) {
             return Err(stale());
         }
         let data = logpb::BatchData {
@@ -244,6 +230,17 @@ fn write_batch(
     );
     out.write_all(&header)?;
     out.write_all(payload)?;
+    Ok(())
+}
+
+/// Nothing new to send: flush, tell the subscriber how far it is now and then, and wait.
+fn idle(out: &mut BufWriter<TcpStream>, last_progress: &mut Instant, position: u64) -> Result<()> {
+    out.flush()?;
+    if last_progress.elapsed() >= PROGRESS_EVERY {
+        write_progress(out, position)?;
+        *last_progress = Instant::now();
+    }
+    std::thread::sleep(IDLE_SLEEP);
     Ok(())
 }
 

@@ -365,14 +365,16 @@ impl TopicShm {
         std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len)
     }
 
-    /// Copies a published batch's payload into `out`. The caller checks
-    /// `payload_still_valid` afterwards (the bytes may have been recycled while copying).
-    pub fn copy_payload(&self, broker: u32, offset: u64, len: u32, out: &mut Vec<u8>) {
+    /// Replaces `out` with a published batch's payload; false if the bytes were recycled
+    /// while being copied (the copy must then be discarded).
+    pub fn read_payload(&self, broker: u32, offset: u64, len: u32, out: &mut Vec<u8>) -> bool {
         let (start, len) = self.payload_range(broker, offset, len);
         // Safety: in bounds (checked by payload_range); a concurrent recycle can only make the
-        // copy stale, which the caller detects; u8 has no invalid values.
+        // copy stale, which the check below detects; u8 has no invalid values.
         let src = unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) };
+        out.clear();
         out.extend_from_slice(src);
+        self.payload_still_valid(broker, offset)
     }
 
     /// True if the payload at `[offset, offset + len)` was not overwritten: the broker's

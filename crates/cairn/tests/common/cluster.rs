@@ -17,7 +17,7 @@ use cairn_proto::etcdserverpb::{HashKvRequest, StatusRequest, StatusResponse};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::{channel, free_port, signal, wait_ready};
+use super::{channel, free_port, free_port_on, signal, wait_ready};
 
 pub struct ClusterMember {
     pub name: String,
@@ -377,14 +377,6 @@ impl Drop for CairnCluster {
             self.kill9(index);
         }
     }
-}
-
-fn free_port_on(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .expect("binding a port on a member's loopback address")
-        .local_addr()
-        .expect("address")
-        .port()
 }
 
 /// Index of the member whose peer address is `ip`.

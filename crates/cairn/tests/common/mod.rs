@@ -23,13 +23,29 @@ use tonic::transport::Channel;
 /// How long a process may take to answer its first Status.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, taken below the kernel's ephemeral range
+/// (32768+): a port from `bind(:0)` can be handed out again as the source port of some other
+/// test's outgoing connection before our server binds it ("Address already in use" in CI).
+/// Ports are walked from a per-process start so tests of one binary never pick the same one.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    listener
-        .local_addr()
-        .expect("bound socket has an address")
-        .port()
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// `free_port` on a given loopback address (cluster members listen on 127.0.0.x).
+pub fn free_port_on(ip: std::net::Ipv4Addr) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+        assert!(n < 10 * SPAN, "no free port in {FIRST}..{}", FIRST + SPAN);
+    }
 }
 
 /// Path of a required external tool, or `None` (after a message) when it may be skipped.
