@@ -7,6 +7,8 @@
 //! replicated request it carries, or serve clients.
 //!
 //! Layout:
+//! - `curp` — CURP-HO protocol logic as pure cores: quorums, commands, witness pool, completion,
+//!   recovery, sessions.
 //! - `types` — openraft type config, `Member`, `Proposal`.
 //! - `wire` — openraft types ↔ `raftpb` (wire and disk).
 //! - `log_store` — `RaftLogStorage` on the WAL plus the hard-state file.
@@ -20,6 +22,7 @@
 //!   finishes membership changes openraft left joint; `limits`, `error`.
 
 mod batcher;
+pub mod curp;
 pub mod error;
 mod joint_config;
 pub mod limits;
