@@ -70,6 +70,13 @@ impl Quorums {
             "superquorum {superquorum} + majority {majority} - replicas {replicas} < recover \
              {recover}"
         );
+        // The replicas outside a superquorum cannot make recover-quorum alone, so a command
+        // conflicting with a fast-path one (rejected wherever that one is accepted) never
+        // gathers recover-quorum accepted copies (see `recovery`).
+        assert!(
+            replicas - superquorum < recover,
+            "replicas {replicas} - superquorum {superquorum} >= recover {recover}"
+        );
     }
 }
 

@@ -1,10 +1,16 @@
 //! The witness pool: the commands a witness received from clients and has not applied yet.
 //!
 //! A witness answers a strong proposal `ok` iff no pooled command conflicts with it, strong or
-//! weak (the conservative rule), and pools the command either way, tagged with the term it
-//! arrived in. Weak writes are pooled the same way, so a later conflicting strong op takes the
-//! slow path. Entries leave when the replica applies them, or when it applies
-//! `RecoveryDone(T)` for every entry tagged with a term below T.
+//! weak, accepted or not (the conservative rule), and pools the command either way, tagged with
+//! the term it arrived in and with whether it was accepted (answered `ok`). Weak writes are
+//! pooled the same way, so a later conflicting strong op takes the slow path. Entries leave
+//! when the replica applies them, or when it applies `RecoveryDone(T)` for every entry tagged
+//! with a term below T.
+//!
+//! Invariant recovery rests on: of two conflicting pooled commands, at most one is accepted.
+//! A command is accepted only when no pooled command conflicts with it, and while it stays
+//! pooled every conflicting arrival (or retry) is answered "not ok". So a rejected copy is no
+//! evidence that a fast path completed, and recovery counts only accepted strong copies.
 //!
 //! Several commands may touch one key, so the index maps a key to a list of ids. Points and
 //! ranges are indexed apart in ordered maps: a range command finds the pooled points inside it
@@ -21,11 +27,16 @@ use super::error::WitnessError;
 use super::limits::WITNESS_POOL_ENTRIES_MAX;
 use super::Term;
 
-/// A pooled command and the term it was received (or last re-received) in.
+/// A pooled command, the term it was received (or last re-received) in, and whether the
+/// witness answered it `ok`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolEntry {
     pub command: Command,
     pub term: Term,
+    /// `ok` was answered (to the first receipt or a retry). Only accepted strong copies count
+    /// toward recover-quorum; a deposed leader lists its unapplied log entries with its own
+    /// `ok`.
+    pub accepted: bool,
 }
 
 /// One witness's pool.
@@ -84,7 +95,9 @@ impl WitnessPool {
     ///
     /// A retry of a pooled command is answered by the same rule and re-tagged with the newer
     /// term: left with its old tag, the `RecoveryDone` of the term the client now counts on
-    /// would drop an entry backing that term's fast path.
+    /// would drop an entry backing that term's fast path. A retry answered `ok` marks the entry
+    /// accepted; one answered "not ok" leaves the mark: a duplicate arriving after a later
+    /// conflicting command must not take away the evidence of a fast path already completed.
     pub fn witness(&mut self, command: Command, term: Term) -> Result<bool, WitnessError> {
         if command.consistency == Consistency::Weak && !command.writes() {
             return Err(WitnessError::WeakRead(command.id));
@@ -95,6 +108,7 @@ impl WitnessPool {
                 return Err(WitnessError::IdReused(command.id));
             }
             entry.term = entry.term.max(term);
+            entry.accepted |= ok;
             return Ok(ok);
         }
         if self.entries.len() >= self.entries_max {
@@ -102,7 +116,7 @@ impl WitnessPool {
                 entries_max: self.entries_max,
             });
         }
-        self.insert(command, term);
+        self.insert(command, term, ok);
         Ok(ok)
     }
 
@@ -152,7 +166,7 @@ impl WitnessPool {
         self.entries.values().cloned().collect()
     }
 
-    fn insert(&mut self, command: Command, term: Term) {
+    fn insert(&mut self, command: Command, term: Term, accepted: bool) {
         let id = command.id;
         match command.key_set() {
             KeySet::Point(key) => self.points.entry(key).or_default().push(id),
@@ -163,7 +177,12 @@ impl WitnessPool {
                 }
             }
         }
-        let previous = self.entries.insert(id, PoolEntry { command, term });
+        let entry = PoolEntry {
+            command,
+            term,
+            accepted,
+        };
+        let previous = self.entries.insert(id, entry);
         assert!(
             previous.is_none(),
             "command {id:?} pooled twice: {previous:?}"
@@ -283,7 +302,52 @@ mod tests {
     fn witness(pool: &mut WitnessPool, command: Command, term: Term) -> bool {
         let ok = pool.witness(command, term).expect("witness");
         pool.validate();
+        assert_accepted_commute(pool);
         ok
+    }
+
+    /// Recovery's premise: no two accepted pooled commands conflict. Only pairs with a write
+    /// can conflict, and accepted writes are few, so walk those against every accepted entry.
+    fn assert_accepted_commute(pool: &WitnessPool) {
+        let accepted: Vec<&Command> = pool
+            .entries
+            .values()
+            .filter(|e| e.accepted)
+            .map(|e| &e.command)
+            .collect();
+        for write in accepted.iter().filter(|c| c.writes()) {
+            let clash = accepted
+                .iter()
+                .find(|other| other.id != write.id && conflicts(write, other));
+            assert!(
+                clash.is_none(),
+                "accepted {write:?} conflicts with {clash:?}"
+            );
+        }
+    }
+
+    fn accepted(pool: &WitnessPool, client_id: u64, seq: u64) -> Option<bool> {
+        pool.get(&CommandId { client_id, seq }).map(|e| e.accepted)
+    }
+
+    #[test]
+    fn entry_records_the_answer_and_a_later_ok_only_adds() {
+        let mut pool = WitnessPool::new();
+        assert!(witness(&mut pool, strong(1, 1, get("k")), 1));
+        assert!(!witness(&mut pool, strong(2, 1, put("k")), 1));
+        assert_eq!(accepted(&pool, 1, 1), Some(true));
+        assert_eq!(accepted(&pool, 2, 1), Some(false), "pooled though rejected");
+        // A duplicate of the accepted read, arriving after the write, is answered "not ok"
+        // but keeps its mark: its fast path may have completed.
+        assert!(!witness(&mut pool, strong(1, 1, get("k")), 2));
+        assert_eq!(accepted(&pool, 1, 1), Some(true));
+        // Once the read is applied, a retry of the write is accepted.
+        pool.remove_applied(&CommandId {
+            client_id: 1,
+            seq: 1,
+        });
+        assert!(witness(&mut pool, strong(2, 1, put("k")), 2));
+        assert_eq!(accepted(&pool, 2, 1), Some(true));
     }
 
     #[test]
@@ -530,7 +594,8 @@ mod tests {
     }
 
     /// The indexed check agrees with the rule applied to every pooled command, over a seeded
-    /// random mix of points, ranges, reads, writes and removals on a small keyspace.
+    /// random mix of points, ranges, reads, writes, retries and removals on a small keyspace;
+    /// the accepted mark is the first `ok`, kept through later answers.
     #[test]
     fn indexed_check_matches_brute_force() {
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
@@ -543,31 +608,40 @@ mod tests {
         let keys = ["", "a", "b", "c", "d", "e"];
         let mut pool = WitnessPool::new();
         for seq in 0..2_000 {
-            if next(4) == 0 && !pool.is_empty() {
-                let ids: Vec<CommandId> = pool.entries.keys().copied().collect();
-                let id = ids[next(ids.len() as u64) as usize];
+            let action = next(8);
+            let ids: Vec<CommandId> = pool.entries.keys().copied().collect();
+            let pooled = (!ids.is_empty()).then(|| ids[next(ids.len() as u64) as usize]);
+            if let (0 | 1, Some(id)) = (action, pooled) {
                 assert!(pool.remove_applied(&id).is_some());
                 pool.validate();
                 continue;
             }
-            let key = keys[1 + next(5) as usize];
-            let (start, end) = (keys[next(6) as usize], keys[next(6) as usize]);
-            let op = match next(5) {
-                0 => get(key),
-                1 => put(key),
-                2 => delete(key),
-                _ => scan(start, end),
+            let command = match (action, pooled) {
+                (2, Some(id)) => pool.entries[&id].command.clone(), // a retry
+                _ => {
+                    let key = keys[1 + next(5) as usize];
+                    let (start, end) = (keys[next(6) as usize], keys[next(6) as usize]);
+                    let op = match next(5) {
+                        0 => get(key),
+                        1 => put(key),
+                        2 => delete(key),
+                        _ => scan(start, end),
+                    };
+                    strong(next(3), seq, op)
+                }
             };
-            let command = strong(next(3), seq, op);
+            let was_accepted = pool.get(&command.id).is_some_and(|e| e.accepted);
             let expected = !pool
                 .entries
                 .values()
-                .any(|e| conflicts(&command, &e.command));
+                .any(|e| e.command.id != command.id && conflicts(&command, &e.command));
             assert_eq!(
                 witness(&mut pool, command.clone(), 1),
                 expected,
                 "{command:?}"
             );
+            let accepted = pool.get(&command.id).map(|e| e.accepted);
+            assert_eq!(accepted, Some(was_accepted || expected), "{command:?}");
         }
     }
 }
