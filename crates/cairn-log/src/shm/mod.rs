@@ -610,3 +610,150 @@ fn prefault_for_write(map: &MmapRaw) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::{AckLevel, OrderLevel};
+
+    fn small_topic() -> TopicConfig {
+        TopicConfig {
+            brokers_max: 2,
+            payload_bytes_per_broker: 8 << 20,
+            ring_slots: 16,
+            goi_slots: 64,
+            ..TopicConfig::new("t", OrderLevel::Total, AckLevel::Ordered)
+        }
+    }
+
+    fn entry(batch_index: u64) -> GoiEntry {
+        GoiEntry {
+            batch_index,
+            first_message: batch_index * 10,
+            broker: 1,
+            message_count: 10,
+            payload_offset: batch_index * 100,
+            byte_len: 100,
+            session_epoch: 0,
+            client_id: 7,
+            batch_seq: batch_index,
+            ring_seq: batch_index,
+        }
+    }
+
+    #[test]
+    fn a_takeover_fences_the_old_sequencer_and_voids_what_it_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let shm = TopicShm::create_or_open(&dir.path().join("t.shm"), &small_topic()).unwrap();
+        let old = shm.take_over();
+        assert_eq!((old.epoch, old.committed), (1, 0));
+        assert!(shm.try_reserve(old.epoch, 0, 2));
+        shm.write_goi(&entry(0));
+        shm.write_goi(&entry(1));
+
+        let new = shm.take_over();
+        assert_eq!((new.epoch, new.reserved, new.committed), (2, 2, 2));
+        assert!(
+            !shm.try_commit(old.epoch, 0, 2),
+            "the fenced sequencer cannot commit"
+        );
+        assert!(!shm.try_reserve(old.epoch, 2, 3), "nor reserve again");
+        assert!(shm.is_void(0) && shm.is_void(1) && !shm.is_void(2));
+
+        assert!(shm.try_reserve(new.epoch, 2, 3));
+        shm.write_goi(&entry(2));
+        assert!(shm.try_commit(new.epoch, 2, 3));
+        assert_eq!(shm.committed(), 3);
+        assert_eq!(shm.read_goi(2), Some(entry(2)));
+    }
+
+    #[test]
+    fn records_are_visible_only_once_complete_and_until_recycled() {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = small_topic();
+        let shm = TopicShm::create_or_open(&dir.path().join("t.shm"), &topic).unwrap();
+        let d = Descriptor {
+            payload_offset: 4096,
+            byte_len: 10,
+            message_count: 1,
+            client_id: 3,
+            session_epoch: 1,
+            connection_id: 9,
+            batch_seq: 5,
+        };
+        assert_eq!(shm.read_descriptor(1, 5), None, "not published yet");
+        shm.publish_descriptor(1, 5, &d);
+        assert_eq!(shm.read_descriptor(1, 5), Some(d));
+        assert_eq!(
+            shm.read_descriptor(1, 5 + topic.ring_slots),
+            None,
+            "a later lap of the slot"
+        );
+        assert_eq!(shm.read_descriptor(0, 5), None, "another broker's ring");
+        shm.write_status(1, 5, Outcome::Fenced { next_seq: 4 });
+        assert_eq!(shm.read_status(1, 5), Some(Outcome::Fenced { next_seq: 4 }));
+        assert_eq!(shm.read_goi(3), None);
+        shm.write_goi(&entry(3));
+        assert_eq!(
+            shm.read_goi(3 + topic.goi_slots),
+            None,
+            "a recycled GOI slot names its index"
+        );
+    }
+
+    #[test]
+    fn a_copy_is_valid_until_the_reservation_tail_laps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = small_topic();
+        let shm = TopicShm::create_or_open(&dir.path().join("t.shm"), &topic).unwrap();
+        let log = topic.payload_bytes_per_broker;
+        // Safety: nobody else uses the fresh file.
+        unsafe { shm.payload_mut(0, 100, 3) }.copy_from_slice(b"abc");
+        shm.set_frontier(0, frontier::PAYLOAD_TAIL, 103);
+        let mut out = Vec::new();
+        assert!(shm.read_payload(0, 100, 3, &mut out));
+        assert_eq!(out, b"abc");
+        shm.set_frontier(0, frontier::PAYLOAD_TAIL, log + 100);
+        assert!(
+            shm.read_payload(0, 100, 3, &mut out),
+            "a full lap ending right before it"
+        );
+        shm.set_frontier(0, frontier::PAYLOAD_TAIL, log + 101);
+        assert!(
+            !shm.read_payload(0, 100, 3, &mut out),
+            "the next reservation overwrote it"
+        );
+    }
+
+    #[test]
+    fn a_second_mapping_sees_the_creators_header_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.shm");
+        let topic = small_topic();
+        let first = TopicShm::create_or_open(&path, &topic).unwrap();
+        first.write_goi(&entry(0));
+        let other = TopicConfig {
+            ring_slots: 1024,
+            ..topic.clone()
+        };
+        let second = TopicShm::create_or_open(&path, &other).unwrap();
+        assert_eq!(
+            second.layout().ring_slots,
+            topic.ring_slots,
+            "the file's header is the authority"
+        );
+        assert_eq!(second.read_goi(0), Some(entry(0)));
+        let mut junk = vec![0u8; 8192];
+        junk[..8].copy_from_slice(b"GARBAGE!");
+        junk[16] = 1; // READY
+        std::fs::write(dir.path().join("junk.shm"), junk).unwrap();
+        let err = TopicShm::open(&dir.path().join("junk.shm"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("not a Cairn log file")),
+            "{err:?}"
+        );
+    }
+}
