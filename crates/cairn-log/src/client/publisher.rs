@@ -109,7 +109,7 @@ impl Publisher {
             next_connection: 0,
             epoch: 0,
             next_seq: 0,
-            building: BatchBuilder::default(),
+            building: BatchBuilder::new(batch_bytes),
             building_since: None,
             header: Vec::new(),
             resent_batches: 0,
