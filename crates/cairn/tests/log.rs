@@ -92,28 +92,21 @@ async fn cli_topic_publish_subscribe_through_the_embedded_broker() {
     assert_eq!(text(&out.stdout), "gamma\n");
 
     tracing::info!("a subscriber group resumes where it stopped");
-    let group = [
-        "subscribe",
-        "events",
-        "--group",
-        "audit",
-        "--from",
-        "resume",
-        "--count",
-        "2",
-    ];
-    let out = cli(args(&group, &e), "").await;
+    let resume = |count| {
+        [
+            "subscribe",
+            "events",
+            "--group",
+            "audit",
+            "--from",
+            "resume",
+            "--count",
+            count,
+        ]
+    };
+    let out = cli(args(&resume("2"), &e), "").await;
     assert_eq!(text(&out.stdout), "alpha\nbeta\n");
-    let rest = [
-        "subscribe",
-        "events",
-        "--group",
-        "audit",
-        "--from",
-        "resume",
-        "--count",
-        "1",
-    ];
+    let rest = resume("1");
     let out = cli(args(&rest, &e), "").await;
     assert_eq!(
         text(&out.stdout),

@@ -315,24 +315,36 @@ impl TopicShm {
     /// The descriptor at `ring_seq` if it is published and not yet recycled.
     pub fn read_descriptor(&self, broker: u32, ring_seq: u64) -> Option<Descriptor> {
         let at = |w| self.word(self.layout.descriptor(broker, ring_seq, w));
-        if at(descriptor::READY).load(Ordering::Acquire) != ring_seq + 1 {
+        self.read_complete(at(descriptor::READY), ring_seq + 1, || {
+            let sizes = at(descriptor::SIZES).load(Ordering::Relaxed);
+            let session = at(descriptor::SESSION).load(Ordering::Relaxed);
+            Descriptor {
+                payload_offset: at(descriptor::PAYLOAD_OFFSET).load(Ordering::Relaxed),
+                byte_len: sizes as u32,
+                message_count: (sizes >> 32) as u32,
+                client_id: at(descriptor::CLIENT_ID).load(Ordering::Relaxed),
+                session_epoch: session as u32,
+                connection_id: (session >> 32) as u32,
+                batch_seq: at(descriptor::BATCH_SEQ).load(Ordering::Relaxed),
+            }
+        })
+    }
+
+    /// Reads a record whose completion word holds `expected` once the record is complete:
+    /// check the word, read the fields, check it again. A writer recycling the slot stores its
+    /// fields before the completion word, so a torn read of a recycled slot is discarded.
+    fn read_complete<T>(
+        &self,
+        done: &AtomicU64,
+        expected: u64,
+        fields: impl FnOnce() -> T,
+    ) -> Option<T> {
+        if done.load(Ordering::Acquire) != expected {
             return None;
         }
-        let sizes = at(descriptor::SIZES).load(Ordering::Relaxed);
-        let session = at(descriptor::SESSION).load(Ordering::Relaxed);
-        let d = Descriptor {
-            payload_offset: at(descriptor::PAYLOAD_OFFSET).load(Ordering::Relaxed),
-            byte_len: sizes as u32,
-            message_count: (sizes >> 32) as u32,
-            client_id: at(descriptor::CLIENT_ID).load(Ordering::Relaxed),
-            session_epoch: session as u32,
-            connection_id: (session >> 32) as u32,
-            batch_seq: at(descriptor::BATCH_SEQ).load(Ordering::Relaxed),
-        };
-        // A writer recycling the slot stores fields before READY; re-check READY so a torn
-        // read of a recycled slot is never returned.
+        let value = fields();
         fence(Ordering::Acquire);
-        (at(descriptor::READY).load(Ordering::Relaxed) == ring_seq + 1).then_some(d)
+        (done.load(Ordering::Relaxed) == expected).then_some(value)
     }
 
     // ---- statuses -------------------------------------------------------------------------
@@ -345,10 +357,8 @@ impl TopicShm {
 
     pub fn read_status(&self, broker: u32, ring_seq: u64) -> Option<Outcome> {
         let at = |w| self.word(self.layout.status(broker, ring_seq, w));
-        if at(0).load(Ordering::Acquire) != ring_seq + 1 {
-            return None;
-        }
-        Outcome::decode(at(1).load(Ordering::Relaxed))
+        self.read_complete(at(0), ring_seq + 1, || at(1).load(Ordering::Relaxed))
+            .and_then(Outcome::decode)
     }
 
     // ---- payload --------------------------------------------------------------------------
@@ -418,25 +428,22 @@ impl TopicShm {
     /// The GOI entry at `index`, if it was written and not yet recycled.
     pub fn read_goi(&self, index: u64) -> Option<GoiEntry> {
         let at = |w| self.word(self.layout.goi(index, w));
-        if at(goi::INDEX).load(Ordering::Acquire) != index + 1 {
-            return None;
-        }
-        let broker_count = at(goi::BROKER_COUNT).load(Ordering::Relaxed);
-        let len_epoch = at(goi::LEN_EPOCH).load(Ordering::Relaxed);
-        let e = GoiEntry {
-            batch_index: index,
-            first_message: at(goi::FIRST_MESSAGE).load(Ordering::Relaxed),
-            broker: broker_count as u32,
-            message_count: (broker_count >> 32) as u32,
-            payload_offset: at(goi::PAYLOAD_OFFSET).load(Ordering::Relaxed),
-            byte_len: len_epoch as u32,
-            session_epoch: (len_epoch >> 32) as u32,
-            client_id: at(goi::CLIENT_ID).load(Ordering::Relaxed),
-            batch_seq: at(goi::BATCH_SEQ).load(Ordering::Relaxed),
-            ring_seq: at(goi::RING_SEQ).load(Ordering::Relaxed),
-        };
-        fence(Ordering::Acquire);
-        (at(goi::INDEX).load(Ordering::Relaxed) == index + 1).then_some(e)
+        self.read_complete(at(goi::INDEX), index + 1, || {
+            let broker_count = at(goi::BROKER_COUNT).load(Ordering::Relaxed);
+            let len_epoch = at(goi::LEN_EPOCH).load(Ordering::Relaxed);
+            GoiEntry {
+                batch_index: index,
+                first_message: at(goi::FIRST_MESSAGE).load(Ordering::Relaxed),
+                broker: broker_count as u32,
+                message_count: (broker_count >> 32) as u32,
+                payload_offset: at(goi::PAYLOAD_OFFSET).load(Ordering::Relaxed),
+                byte_len: len_epoch as u32,
+                session_epoch: (len_epoch >> 32) as u32,
+                client_id: at(goi::CLIENT_ID).load(Ordering::Relaxed),
+                batch_seq: at(goi::BATCH_SEQ).load(Ordering::Relaxed),
+                ring_seq: at(goi::RING_SEQ).load(Ordering::Relaxed),
+            }
+        })
     }
 
     // ---- sequencer control ----------------------------------------------------------------
