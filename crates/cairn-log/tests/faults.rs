@@ -169,3 +169,48 @@ async fn ack2_data_survives_losing_the_processes_and_the_shared_memory() {
     assert_eq!(more[0], (2000, "next-0".to_string()));
     b0.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_gives_up_with_an_error_when_no_broker_acknowledges() {
+    tracing::info!("a broker that welcomes the publisher and then never answers");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let silent = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let _hello =
+            cairn_log::wire::read_frame::<cairn_proto::logpb::ClientFrame>(&mut stream).await;
+        let welcome = cairn_proto::logpb::Welcome {
+            broker_id: 0,
+            order: 2,
+            ack: 1,
+            batch_bytes_max: BATCH_BYTES_MAX,
+        };
+        let frame = cairn_proto::logpb::BrokerFrame {
+            frame: Some(Frame::Welcome(welcome)),
+        };
+        let mut buf = Vec::new();
+        cairn_log::wire::encode_frame(&frame, &mut buf);
+        stream.write_all(&buf).await.unwrap();
+        // Swallow whatever comes, never ack.
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+    });
+    let mut config = cairn_log::client::publisher::PublisherConfig::new("t", vec![address]);
+    config.ack_timeout = std::time::Duration::from_millis(300);
+    let mut publisher = cairn_log::client::publisher::Publisher::connect(config)
+        .await
+        .unwrap();
+    publisher.publish(b"hello").await.unwrap();
+    let started = std::time::Instant::now();
+    let err = publisher
+        .flush()
+        .await
+        .expect_err("flush cannot succeed without acks");
+    assert!(err.to_string().contains("no broker answered"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "it gave up promptly"
+    );
+    assert_eq!(publisher.unacked(), 1, "the batch is kept for a retry");
+    silent.abort();
+}

@@ -35,6 +35,9 @@ pub struct PublisherConfig {
     pub linger: Duration,
     /// The session id; random by default.
     pub client_id: u64,
+    /// How long the publisher waits for any broker to answer (an ack, a fence, an error) while
+    /// it has batches in flight before giving up with an error instead of hanging.
+    pub ack_timeout: Duration,
 }
 
 impl PublisherConfig {
@@ -45,6 +48,7 @@ impl PublisherConfig {
             batch_bytes: 1024 * 1024,
             linger: Duration::from_millis(1),
             client_id: rand::random(),
+            ack_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -255,10 +259,15 @@ impl Publisher {
     }
 
     async fn handle_event(&mut self) -> Result<()> {
-        let event = self
-            .events
-            .recv()
+        let timeout = self.config.ack_timeout;
+        let event = tokio::time::timeout(timeout, self.events.recv())
             .await
+            .map_err(|_| {
+                LogError::Protocol(format!(
+                    "no broker answered within {timeout:?} ({} batches unacknowledged)",
+                    self.unacked()
+                ))
+            })?
             .ok_or_else(|| LogError::Protocol("all connections closed".into()))?;
         self.apply(event).await
     }
