@@ -17,6 +17,7 @@
 //! - `durable` — ACK 2 replica segment files and restore from them.
 //! - `control` — topics, brokers and sequencer roles in the KV store.
 //! - `client` — publisher and subscriber.
+//! - `metrics` — the `cairn_log_*` counters as Prometheus text.
 //! - `wire` — the protocol's framing; `limits`, `error`.
 
 pub mod broker;
@@ -25,6 +26,7 @@ pub mod control;
 pub mod durable;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod sequencer;
 pub mod shm;
 pub mod topic;

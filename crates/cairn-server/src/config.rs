@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// Emulated one-way delay added to every peer message and answer (benchmarks of
     /// wide-area clusters on one host); zero in production.
     pub peer_delay: Duration,
+    /// More Prometheus text appended to `/metrics` by what the binary runs beside the server
+    /// (the embedded log broker's counters).
+    pub extra_metrics: Option<fn(&mut String)>,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             client_tls: TlsFiles::default(),
             peer_tls: TlsFiles::default(),
             peer_delay: Duration::ZERO,
+            extra_metrics: None,
         }
     }
 }

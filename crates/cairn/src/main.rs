@@ -230,6 +230,7 @@ impl ServeArgs {
                 trusted_ca_file: self.peer_trusted_ca_file,
                 client_cert_auth: self.peer_client_cert_auth,
             },
+            extra_metrics: None,
         }
     }
 }
@@ -243,7 +244,12 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_logging(&args.log_level);
             let embedded = args.embedded_broker();
-            let config = args.into_config();
+            let config = ServerConfig {
+                extra_metrics: embedded
+                    .is_some()
+                    .then_some(cairn_log::metrics::render as fn(&mut String)),
+                ..args.into_config()
+            };
             runtime.block_on(async move {
                 let (stop, stopped) = tokio::sync::watch::channel(false);
                 let broker = embedded.map(|e| tokio::spawn(e.run(stopped)));

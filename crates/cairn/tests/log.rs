@@ -114,6 +114,33 @@ async fn cli_topic_publish_subscribe_through_the_embedded_broker() {
         "{}",
         text(&out.stderr).lines().last().unwrap_or("")
     );
+    tracing::info!("the embedded broker's counters are on the member's /metrics");
+    if let Some(curl) = common::http::curl_tool() {
+        let metrics = common::http::get(&curl, &format!("{e}/metrics")).await;
+        let value = |name: &str| -> u64 {
+            let line = metrics
+                .body
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name}"));
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("a number")
+        };
+        // One batch of three framed messages: 3 x 4 length bytes + "alpha" "beta" "gamma".
+        assert_eq!(value("cairn_log_received_bytes_total"), 26);
+        assert_eq!(value("cairn_log_batches_received_total"), 1);
+        assert_eq!(value("cairn_log_batches_ordered_total"), 1);
+        assert!(
+            value("cairn_log_delivered_bytes_total") >= 26,
+            "the subscriptions above read it"
+        );
+        assert!(
+            metrics.body.contains("etcd_server_has_leader 1"),
+            "the member's own metrics stay"
+        );
+    }
     let out = cli(args(&["topic", "list"], &e), "").await;
     assert!(
         text(&out.stdout).contains("events\torder=5\tack=1"),

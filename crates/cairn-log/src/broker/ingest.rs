@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::broker::topic::{AckEvent, TopicRuntime};
 use crate::error::{LogError, Result};
 use crate::limits::BATCH_BYTES_MAX;
+use crate::metrics::{LogMetrics, METRICS};
 use crate::shm::Descriptor;
 use crate::topic::AckLevel;
 use crate::wire::{encode_frame, read_frame_blocking, validate_messages};
@@ -62,6 +63,7 @@ pub fn spawn(
             );
             topic.unregister_connection(connection_id);
             if let Err(e) = &result {
+                LogMetrics::add(&METRICS.connections_refused, 1);
                 tracing::info!(
                     client_id = hello.client_id,
                     "publisher connection refused: {e}"
@@ -108,6 +110,8 @@ fn receive_batches(
         while topic.publish(&descriptor).is_none() {
             wait_for_space(topic)?;
         }
+        LogMetrics::add(&METRICS.batches_received, 1);
+        LogMetrics::add(&METRICS.bytes_received, u64::from(header.byte_size));
         if ack_on_publish {
             let _ = acks.send(AckEvent::Done {
                 batch_seq: header.batch_seq,

@@ -16,6 +16,7 @@ use cairn_proto::logpb::{self, broker_frame, subscribe::Start, BrokerFrame};
 
 use crate::broker::topic::TopicRuntime;
 use crate::error::{LogError, Result};
+use crate::metrics::{LogMetrics, METRICS};
 use crate::shm::layout::frontier;
 use crate::shm::TopicShm;
 use crate::wire::encode_frame;
@@ -230,6 +231,7 @@ fn write_batch(
     );
     out.write_all(&header)?;
     out.write_all(payload)?;
+    LogMetrics::add(&METRICS.bytes_delivered, payload.len() as u64);
     Ok(())
 }
 

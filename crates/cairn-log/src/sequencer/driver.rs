@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{LogError, Result};
+use crate::metrics::{LogMetrics, METRICS};
 use crate::sequencer::core::{ScannedBatch, SequencerCore};
 use crate::shm::layout::frontier;
-use crate::shm::{GoiEntry, TopicShm};
+use crate::shm::{GoiEntry, Outcome, TopicShm};
 use crate::topic::TopicConfig;
 
 /// Scan at most this many descriptors per broker per pass, so one busy broker cannot starve
@@ -65,7 +66,7 @@ impl SequencerDriver {
                 shm.write_status(
                     e.broker,
                     e.ring_seq,
-                    crate::shm::Outcome::Ordered {
+                    Outcome::Ordered {
                         batch_index: e.batch_index,
                     },
                 );
@@ -161,7 +162,14 @@ impl SequencerDriver {
             if !self.shm.try_commit(self.epoch, from, to) {
                 return Err(self.fenced());
             }
+            LogMetrics::add(&METRICS.epochs_sealed, 1);
+            LogMetrics::add(&METRICS.batches_ordered, to - from);
         }
+        let fenced = out
+            .statuses
+            .iter()
+            .filter(|(_, _, o)| matches!(o, Outcome::Fenced { .. }));
+        LogMetrics::add(&METRICS.batches_fenced, fenced.count() as u64);
         for (broker, ring_seq, outcome) in out.statuses {
             self.shm.write_status(broker, ring_seq, outcome);
         }

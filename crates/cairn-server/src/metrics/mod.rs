@@ -80,6 +80,9 @@ pub fn render(node: &Node, grpc: &GrpcMetrics) -> String {
     disk_and_mvcc_metrics(&mut out, node);
     grpc_metrics(&mut out, grpc);
     process_metrics(&mut out);
+    if let Some(extra) = node.config().extra_metrics {
+        extra(&mut out.out);
+    }
     out.out
 }
 
