@@ -169,24 +169,17 @@ impl Control {
     /// Where subscriber `group` resumes, if it ever committed.
     pub async fn committed_offset(&self, topic: &str, group: &str) -> Result<Option<u64>> {
         validate_name(group)?;
-        let response = self
-            .client
-            .clone()
-            .get(format!("{OFFSETS}{topic}/{group}"), None)
-            .await?;
-        Ok(response
-            .kvs()
-            .first()
-            .and_then(|kv| kv.value_str().ok()?.parse().ok()))
+        self.get_parsed(format!("{OFFSETS}{topic}/{group}")).await
     }
 
     /// The broker currently holding the topic's sequencer role, if any.
     pub async fn sequencer_holder(&self, topic: &str) -> Result<Option<u32>> {
-        let response = self
-            .client
-            .clone()
-            .get(format!("{SEQUENCERS}{topic}"), None)
-            .await?;
+        self.get_parsed(format!("{SEQUENCERS}{topic}")).await
+    }
+
+    /// The value at `key` parsed from text; `None` if absent or not a `T`.
+    async fn get_parsed<T: std::str::FromStr>(&self, key: String) -> Result<Option<T>> {
+        let response = self.client.clone().get(key, None).await?;
         Ok(response
             .kvs()
             .first()

@@ -7,7 +7,7 @@ mod common;
 use cairn_log::client::subscriber::StartAt;
 use cairn_log::limits::BATCH_BYTES_MAX;
 use cairn_log::topic::{AckLevel, OrderLevel};
-use cairn_proto::logpb::{broker_frame::Frame, client_frame, ClientFrame, ErrorCode};
+use cairn_proto::logpb::{broker_frame::Frame, ErrorCode};
 use common::*;
 use tokio::io::AsyncWriteExt;
 
@@ -27,19 +27,7 @@ async fn bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
 
     tracing::info!("a batch larger than the limit");
     let mut big = RawPublisher::connect(&b0.address, "t", 2).await.unwrap();
-    let header = cairn_proto::logpb::BatchHeader {
-        batch_seq: 0,
-        session_epoch: 0,
-        message_count: 1,
-        byte_size: BATCH_BYTES_MAX + 1,
-    };
-    send_frame(
-        &mut big.stream,
-        ClientFrame {
-            frame: Some(client_frame::Frame::Batch(header)),
-        },
-    )
-    .await;
+    big.send_header(0, 0, 1, BATCH_BYTES_MAX + 1).await;
     match big.next_frame().await {
         Frame::Error(e) => {
             assert_eq!(e.code(), ErrorCode::BatchTooLarge);
@@ -60,25 +48,10 @@ async fn bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
     assert!(matches!(liar.next_frame().await, Frame::Error(e) if e.code() == ErrorCode::Malformed));
 
     tracing::info!("a connection that opens with a batch instead of hello");
-    let mut rude = tokio::net::TcpStream::connect(&b0.address).await.unwrap();
-    let header = cairn_proto::logpb::BatchHeader {
-        batch_seq: 0,
-        session_epoch: 0,
-        message_count: 0,
-        byte_size: 0,
-    };
-    send_frame(
-        &mut rude,
-        ClientFrame {
-            frame: Some(client_frame::Frame::Batch(header)),
-        },
-    )
-    .await;
-    let frame = cairn_log::wire::read_frame::<cairn_proto::logpb::BrokerFrame>(&mut rude)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(frame.frame, Some(Frame::Error(e)) if e.code() == ErrorCode::Protocol));
+    let stream = tokio::net::TcpStream::connect(&b0.address).await.unwrap();
+    let mut rude = RawPublisher { stream };
+    rude.send_header(0, 0, 0, 0).await;
+    assert!(matches!(rude.next_frame().await, Frame::Error(e) if e.code() == ErrorCode::Protocol));
 
     tracing::info!("none of it reached the log, and a well-behaved publisher is served");
     drop(publish_numbered("t", addresses(&[&b0]), "ok", 100, 256).await);
@@ -100,19 +73,7 @@ async fn a_connection_dying_mid_batch_never_exposes_a_partial_batch() {
     for n in 0..100 {
         cairn_log::wire::push_message(&mut payload, format!("partial-{n}").as_bytes());
     }
-    let header = cairn_proto::logpb::BatchHeader {
-        batch_seq: 0,
-        session_epoch: 0,
-        message_count: 100,
-        byte_size: payload.len() as u32,
-    };
-    send_frame(
-        &mut dying.stream,
-        ClientFrame {
-            frame: Some(client_frame::Frame::Batch(header)),
-        },
-    )
-    .await;
+    dying.send_header(0, 0, 100, payload.len() as u32).await;
     dying
         .stream
         .write_all(&payload[..payload.len() / 2])

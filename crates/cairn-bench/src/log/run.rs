@@ -306,6 +306,22 @@ impl Brokers {
         config
     }
 
+    async fn subscribe(
+        &self,
+        topic: &TopicConfig,
+        start: StartAt,
+    ) -> Result<Subscriber, LogBenchError> {
+        let sequenced = topic.order.sequenced();
+        Ok(Subscriber::connect(
+            &topic.name,
+            &self.addresses,
+            topic.brokers_max,
+            sequenced,
+            start,
+        )
+        .await?)
+    }
+
     async fn stop(self) {
         for stop in self.stops {
             let _ = stop.send(());
@@ -416,14 +432,7 @@ async fn subscribe_all(
     messages: u64,
 ) -> Result<f64, LogBenchError> {
     let started = Instant::now();
-    let mut sub = Subscriber::connect(
-        &topic.name,
-        &cluster.addresses,
-        topic.brokers_max,
-        topic.order.sequenced(),
-        StartAt::Earliest,
-    )
-    .await?;
+    let mut sub = cluster.subscribe(topic, StartAt::Earliest).await?;
     let (mut seen, mut bytes) = (0u64, 0u64);
     while seen < messages {
         let batch = sub.next_batch().await?;
@@ -446,14 +455,7 @@ async fn e2e_latency(
     // moment after the first sends: it stops at the last number, not at a count).
     let size = size.max(16);
     let base = Instant::now();
-    let mut sub = Subscriber::connect(
-        &topic.name,
-        &cluster.addresses,
-        topic.brokers_max,
-        topic.order.sequenced(),
-        StartAt::Latest,
-    )
-    .await?;
+    let mut sub = cluster.subscribe(topic, StartAt::Latest).await?;
     let messages_per_ms = ((gbps * 1e9 / 1000.0) / size as f64).max(1.0);
     let total = (messages_per_ms * args.e2e_seconds * 1000.0) as u64;
     let publisher_config = cluster.publisher_config(&topic.name, args.batch_bytes);

@@ -215,20 +215,23 @@ impl RawPublisher {
     }
 
     pub async fn send_raw(&mut self, seq: u64, epoch: u32, count: u32, payload: &[u8]) {
+        self.send_header(seq, epoch, count, payload.len() as u32)
+            .await;
+        self.stream.write_all(payload).await.unwrap();
+    }
+
+    /// A batch header alone: the payload (if any) is up to the caller.
+    pub async fn send_header(&mut self, seq: u64, epoch: u32, count: u32, byte_size: u32) {
         let header = logpb::BatchHeader {
             batch_seq: seq,
             session_epoch: epoch,
             message_count: count,
-            byte_size: payload.len() as u32,
+            byte_size,
         };
-        send_frame(
-            &mut self.stream,
-            ClientFrame {
-                frame: Some(client_frame::Frame::Batch(header)),
-            },
-        )
-        .await;
-        self.stream.write_all(payload).await.unwrap();
+        let frame = ClientFrame {
+            frame: Some(client_frame::Frame::Batch(header)),
+        };
+        send_frame(&mut self.stream, frame).await;
     }
 
     pub async fn next_frame(&mut self) -> broker_frame::Frame {
