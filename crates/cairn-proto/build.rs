@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "proto/cairn/cairnpb/internal.proto",
     "proto/cairn/raftpb/raft.proto",
     "proto/cairn/logpb/log.proto",
+    "proto/cairn/curppb/curp.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -9,10 +9,19 @@
 //! own revision and result (the state machine applies them in order, the wait registry
 //! delivers each result).
 //!
+//! Order: entries reach raft in the order proposals were queued (the driver hands each entry
+//! to raft before it takes the next batch), so a native CURP-HO client's commands, queued in
+//! arrival order on its connection, are ordered the same way in the log (the causal barrier).
+//!
+//! The leader's CURP-HO conflict check treats every queued, not yet applied etcd-API request
+//! as conflicting with everything (it does not know their key sets): `generic_pending` counts
+//! them.
+//!
 //! Hot path: one queue push per proposal, one task per batch, no per-byte allocation beyond
 //! the entry buffer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -33,7 +42,8 @@ enum Submitted {
     Stopped,
 }
 
-type Waiter = (Bytes, oneshot::Sender<Submitted>);
+/// A queued proposal: its bytes, its waiter, whether it is an etcd-API (generic) request.
+type Waiter = (Bytes, oneshot::Sender<Submitted>, bool);
 
 pub struct ProposalBatcher {
     shared: Arc<Shared>,
@@ -44,6 +54,8 @@ struct Shared {
     queue: Mutex<Vec<Waiter>>,
     kick: Notify,
     closed: AtomicBool,
+    /// Generic requests queued or in flight and not yet applied.
+    generic_pending: AtomicUsize,
 }
 
 impl ProposalBatcher {
@@ -52,20 +64,49 @@ impl ProposalBatcher {
             queue: Mutex::new(Vec::new()),
             kick: Notify::new(),
             closed: AtomicBool::new(false),
+            generic_pending: AtomicUsize::new(0),
         });
         tokio::spawn(drive(raft, shared.clone()));
         ProposalBatcher { shared }
     }
 
-    /// Submits one encoded `InternalRequest`; resolves once its entry is committed.
+    /// Submits one encoded etcd-API `InternalRequest`; resolves once its entry is committed
+    /// and applied.
     pub async fn submit(&self, request: Bytes) -> Result<(), ConsensusError> {
+        self.enqueue(request, true).await
+    }
+
+    /// Queues one encoded native command now, behind everything queued before the call, and
+    /// returns the future of its commit and apply.
+    pub fn enqueue_native(
+        &self,
+        request: Bytes,
+    ) -> impl Future<Output = Result<(), ConsensusError>> + Send + 'static {
+        self.enqueue(request, false)
+    }
+
+    /// Generic requests queued or in flight and not yet applied.
+    pub fn generic_pending(&self) -> usize {
+        self.shared.generic_pending.load(Ordering::Acquire)
+    }
+
+    fn enqueue(
+        &self,
+        request: Bytes,
+        generic: bool,
+    ) -> impl Future<Output = Result<(), ConsensusError>> + Send + 'static {
         let (sender, receiver) = oneshot::channel();
-        lock(&self.shared.queue).push((request, sender));
+        if generic {
+            self.shared.generic_pending.fetch_add(1, Ordering::AcqRel);
+        }
+        lock(&self.shared.queue).push((request, sender, generic));
         self.shared.kick.notify_one();
-        match receiver.await {
-            Ok(Submitted::Committed) => Ok(()),
-            Ok(Submitted::LeaderChanged) => Err(ConsensusError::LeaderChanged),
-            Ok(Submitted::Stopped) | Err(_) => Err(ConsensusError::Stopped),
+        async move {
+            match receiver.await {
+                Ok(Submitted::Committed) => Ok(()),
+                Ok(Submitted::LeaderChanged) => Err(ConsensusError::LeaderChanged),
+                Ok(Submitted::Stopped) | Err(_) => Err(ConsensusError::Stopped),
+            }
         }
     }
 }
@@ -92,20 +133,27 @@ async fn drive(raft: Raft, shared: Arc<Shared>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let (entry, waiters) = take_batch(&shared);
+        let (entry, waiters, generic) = take_batch(&shared);
         if waiters.is_empty() {
             continue;
         }
-        let raft = raft.clone();
+        // Handed to raft here, in queue order; only the wait for the outcome runs apart.
+        let written = raft.client_write_ff(Proposal(entry)).await;
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let outcome = match raft.client_write(Proposal(entry)).await {
-                Ok(_) => Submitted::Committed,
-                Err(error) => match error.into_api_error() {
-                    Some(ClientWriteError::ForwardToLeader(_)) => Submitted::LeaderChanged,
-                    Some(ClientWriteError::ChangeMembershipError(_)) => Submitted::LeaderChanged,
-                    None => Submitted::Stopped,
+            let outcome = match written {
+                Err(_) => Submitted::Stopped,
+                Ok(receiver) => match receiver.await {
+                    Ok(Ok(_)) => Submitted::Committed,
+                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => Submitted::LeaderChanged,
+                    Ok(Err(ClientWriteError::ChangeMembershipError(_))) => {
+                        Submitted::LeaderChanged
+                    }
+                    Err(_) => Submitted::Stopped,
                 },
             };
+            // Applied, or never will be by this leader: no longer a conflict here either way.
+            shared.generic_pending.fetch_sub(generic, Ordering::AcqRel);
             for waiter in waiters {
                 let _ = waiter.send(outcome);
             }
@@ -115,11 +163,12 @@ async fn drive(raft: Raft, shared: Arc<Shared>) {
 }
 
 /// Takes queued proposals up to the batch size and encodes them into one entry payload.
-fn take_batch(shared: &Shared) -> (Bytes, Vec<oneshot::Sender<Submitted>>) {
+/// Also returns how many of them are generic.
+fn take_batch(shared: &Shared) -> (Bytes, Vec<oneshot::Sender<Submitted>>, usize) {
     let mut queue = lock(&shared.queue);
     let mut bytes = 0;
     let mut count = 0;
-    for (request, _) in queue.iter() {
+    for (request, _, _) in queue.iter() {
         let framed = request.len() + prost::length_delimiter_len(request.len());
         // A single proposal larger than the limit still goes, alone.
         if count > 0 && bytes + framed > PROPOSAL_BATCH_BYTES_MAX {
@@ -136,13 +185,15 @@ fn take_batch(shared: &Shared) -> (Bytes, Vec<oneshot::Sender<Submitted>>) {
     drop(queue);
     let mut entry = BytesMut::with_capacity(bytes);
     let mut waiters = Vec::with_capacity(taken.len());
-    for (request, waiter) in taken {
+    let mut generic = 0;
+    for (request, waiter, is_generic) in taken {
         prost::encode_length_delimiter(request.len(), &mut entry)
             .expect("BytesMut grows as needed");
         entry.put_slice(&request);
         waiters.push(waiter);
+        generic += usize::from(is_generic);
     }
-    (entry.freeze(), waiters)
+    (entry.freeze(), waiters, generic)
 }
 
 fn lock(queue: &Mutex<Vec<Waiter>>) -> std::sync::MutexGuard<'_, Vec<Waiter>> {

@@ -16,6 +16,8 @@
 //!   a snapshot every `--snapshot-count` applied requests.
 //! - `wait` — proposal waiters; `batcher` — proposals packed into entries; `read_index` —
 //!   batched read points.
+//! - `native` — the native CURP-HO protocol on a member: its state (sessions, witness pool,
+//!   sync waiters), the apply hooks, leader ordering and witnessing, recovery on leader change.
 //! - `network` — the `Transport` trait, openraft's network over it, `tcp` and `sim`.
 //! - `metrics` — counters of proposals, commits, applies and leader changes.
 //! - `peer` — answers peer requests; `replica` — the member; `joint_config` — the leader
@@ -28,6 +30,7 @@ mod joint_config;
 pub mod limits;
 pub mod log_store;
 pub mod metrics;
+pub mod native;
 pub mod network;
 pub mod peer;
 mod read_index;

@@ -22,3 +22,10 @@ pub const PROPOSAL_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Batches submitted to raft and not yet applied; more would only shrink the batches.
 pub const PROPOSAL_BATCHES_IN_FLIGHT_MAX: usize = 2;
+
+/// A CURP-HO client session idle this long (by the leader's clock in the log) is forgotten at
+/// the next `RecoveryDone`. A client must not retry one command for longer.
+pub const CURP_SESSION_IDLE_MS: u64 = 60 * 60 * 1000;
+
+/// How long a new leader waits for the pools of a majority before it tries again.
+pub const CURP_POOL_COLLECT_TIMEOUT_MS: u64 = 2_000;

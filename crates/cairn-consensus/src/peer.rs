@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::batcher::ProposalBatcher;
 use crate::network::{PeerRequest, PeerResponse};
+use crate::state_machine::Replicated;
 use crate::types::{MemberId, Raft};
 use crate::wire;
 
@@ -19,11 +20,20 @@ use crate::wire;
 pub struct PeerHandler {
     raft: Raft,
     proposals: Arc<ProposalBatcher>,
+    shared: Arc<Replicated>,
 }
 
 impl PeerHandler {
-    pub(crate) fn new(raft: Raft, proposals: Arc<ProposalBatcher>) -> PeerHandler {
-        PeerHandler { raft, proposals }
+    pub(crate) fn new(
+        raft: Raft,
+        proposals: Arc<ProposalBatcher>,
+        shared: Arc<Replicated>,
+    ) -> PeerHandler {
+        PeerHandler {
+            raft,
+            proposals,
+            shared,
+        }
     }
 
     pub async fn handle(&self, request: PeerRequest) -> Result<PeerResponse, raftpb::PeerError> {
@@ -83,6 +93,11 @@ impl PeerHandler {
                     .map_err(|error| refused(0, error.to_string()))?;
                 Ok(PeerResponse::TimeoutNow(raftpb::TimeoutNowResponse {}))
             }
+            // A new leader collecting pools for its CURP-HO recovery. The pool is sent whatever
+            // the term: entries carry their own terms, and the leader's plan weighs them.
+            PeerRequest::CurpPool(_) => Ok(PeerResponse::CurpPool(
+                self.shared.native.pool_for_recovery(),
+            )),
             PeerRequest::ReadIndex(_) => {
                 let (read_log_id, _) = self.raft.get_read_log_id().await.map_err(|error| {
                     let leader = error.forward_to_leader().and_then(|to| to.leader_id);

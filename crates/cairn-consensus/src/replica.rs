@@ -115,20 +115,20 @@ pub struct MemberInfo {
 /// A running replica; cheap to clone.
 #[derive(Clone)]
 pub struct Replica {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    id: MemberId,
-    raft: Raft,
-    shared: Arc<Replicated>,
+pub(crate) struct Inner {
+    pub(crate) id: MemberId,
+    pub(crate) raft: Raft,
+    pub(crate) shared: Arc<Replicated>,
     transport: Arc<dyn Transport>,
     reads: ReadBatcher,
-    proposals: Arc<ProposalBatcher>,
+    pub(crate) proposals: Arc<ProposalBatcher>,
     /// The log store's WAL (openraft owns the store): closed at shutdown, read for metrics.
     wal: Wal,
     metrics: Arc<ConsensusMetrics>,
-    request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     election_timeout_ms: u64,
 }
 
@@ -208,7 +208,7 @@ impl Replica {
             Duration::from_millis(2 * config.election_timeout_ms),
         ));
         let proposals = Arc::new(ProposalBatcher::start(raft.clone()));
-        let handler = PeerHandler::new(raft.clone(), proposals.clone());
+        let handler = PeerHandler::new(raft.clone(), proposals.clone(), shared.clone());
         let reads = ReadBatcher::start(raft.clone(), transport.clone(), config.member_id);
         let replica = Replica {
             inner: Arc::new(Inner {
@@ -224,6 +224,7 @@ impl Replica {
                 election_timeout_ms: config.election_timeout_ms,
             }),
         };
+        tokio::spawn(crate::native::recovery::watch_leadership(replica.clone()));
         Ok((replica, handler))
     }
 
@@ -427,7 +428,7 @@ impl Replica {
         }
     }
 
-    async fn call_member(
+    pub(crate) async fn call_member(
         &self,
         leader: MemberId,
         request: PeerRequest,

@@ -27,7 +27,9 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::error::OpenError;
+use crate::curp::SessionTable;
 use crate::metrics::ConsensusMetrics;
+use crate::native::NativeState;
 use crate::types::{
     Entry, LogId, MemberId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -47,6 +49,8 @@ pub struct Replicated {
     metrics: Arc<ConsensusMetrics>,
     /// Client requests applied since this member started (one log entry carries many).
     requests_applied: AtomicU64,
+    /// The native CURP-HO protocol's state: sessions, witness pool, sync waiters.
+    pub native: NativeState,
 }
 
 impl Replicated {
@@ -85,6 +89,8 @@ impl Replicated {
 struct AppliedState {
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// The CURP-HO session table's encoding (empty: no session yet).
+    curp_sessions: Bytes,
 }
 
 impl AppliedState {
@@ -94,6 +100,7 @@ impl AppliedState {
             last_applied: wire::option_log_id_to_pb(&self.last_applied),
             membership_log_id,
             membership,
+            curp_sessions: self.curp_sessions.to_vec(),
         };
         Bytes::from(state.encode_to_vec())
     }
@@ -106,6 +113,7 @@ impl AppliedState {
         Ok(AppliedState {
             last_applied: wire::option_log_id_from_pb(&state.last_applied),
             membership,
+            curp_sessions: Bytes::from(state.curp_sessions),
         })
     }
 
@@ -115,6 +123,13 @@ impl AppliedState {
             .map_or(Ok(AppliedState::default()), |bytes| {
                 AppliedState::decode(&bytes)
             })
+    }
+
+    fn sessions(&self) -> Result<SessionTable, String> {
+        if self.curp_sessions.is_empty() {
+            return Ok(SessionTable::new());
+        }
+        SessionTable::decode(&self.curp_sessions).map_err(|error| error.to_string())
     }
 
     fn snapshot_meta(&self) -> SnapshotMeta {
@@ -187,6 +202,10 @@ impl StateMachine {
             what: "snapshot consensus state".to_string(),
             reason,
         })?;
+        let sessions = applied.sessions().map_err(|reason| OpenError::Corrupt {
+            what: "snapshot CURP-HO sessions".to_string(),
+            reason,
+        })?;
         let latest = applied.last_applied.map(|_| applied.snapshot_meta());
         let (revision, _) = watch::channel(store.current_revision());
         let (applied_index, _) =
@@ -200,6 +219,7 @@ impl StateMachine {
                 member_id,
                 metrics,
                 requests_applied: AtomicU64::new(0),
+                native: NativeState::new(sessions),
             }),
             snapshots: Arc::new(snapshots),
             applied,
@@ -218,13 +238,35 @@ impl StateMachine {
         match entry.payload {
             EntryPayload::Normal(proposal) => {
                 let requests = decode_batch(&proposal.0);
-                let results = store.apply_batch(index, &requests);
+                let native = &self.shared.native;
+                // Native commands apply once per id (the CURP-HO session table).
+                let admissions = native.admit(&requests);
+                let results = if admissions.iter().all(|admission| admission.applies()) {
+                    store.apply_batch(index, &requests)
+                } else {
+                    let admitted: Vec<InternalRequest> = requests
+                        .iter()
+                        .zip(&admissions)
+                        .filter(|(_, admission)| admission.applies())
+                        .map(|(request, _)| request.clone())
+                        .collect();
+                    store.apply_batch(index, &admitted)
+                };
                 self.shared
                     .requests_applied
                     .fetch_add(requests.len() as u64, Ordering::Relaxed);
-                for (request, result) in requests.iter().zip(results) {
-                    if request.origin_member == self.shared.member_id {
-                        self.shared.waits.complete(request.proposal_id, result);
+                let mut results = results.into_iter();
+                for (request, admission) in requests.iter().zip(&admissions) {
+                    let result = if admission.applies() {
+                        results.next()
+                    } else {
+                        None
+                    };
+                    native.after_apply(store, request, admission, result.as_ref());
+                    if let Some(result) = result {
+                        if request.origin_member == self.shared.member_id {
+                            self.shared.waits.complete(request.proposal_id, result);
+                        }
                     }
                 }
             }
@@ -262,6 +304,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             self.apply_entry(&mut store, entry);
             applied += 1;
+        }
+        if let Some(sessions) = shared.native.take_dirty_sessions() {
+            self.applied.curp_sessions = sessions;
         }
         store.set_consensus_state(self.applied.encode());
         let index = self.applied.last_applied.map_or(0, |log_id| log_id.index);
@@ -310,6 +355,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied.last_applied, meta.last_log_id
             )));
         }
+        let sessions = applied.sessions().map_err(refuse)?;
         let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
         let snapshots = self.snapshots.clone();
         blocking(self.synchronous, move || snapshots.save(index, &data))
@@ -319,6 +365,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut current = self.shared.store_mut();
             *current = store;
+            self.shared.native.restore(sessions);
             self.shared.publish(&current, index);
         }
         self.applied = applied;

@@ -48,6 +48,10 @@ pub enum ApplyResponse {
     RoleDelete(AuthRoleDeleteResponse),
     RoleGrantPermission(AuthRoleGrantPermissionResponse),
     RoleRevokePermission(AuthRoleRevokePermissionResponse),
+    /// A native CURP-HO command's result.
+    Native(cairn_proto::curppb::Result),
+    /// An entry that changes no state (a CURP-HO `RecoveryDone` marker).
+    Marker,
 }
 
 impl KvStore {
@@ -136,6 +140,8 @@ impl KvStore {
             Request::RoleRevokePermission(revoke) => {
                 ApplyResponse::RoleRevokePermission(self.role_revoke_permission(revoke)?)
             }
+            Request::CurpCommand(command) => ApplyResponse::Native(self.apply_native(command)?),
+            Request::CurpRecoveryDone(_) => ApplyResponse::Marker,
         };
         Ok(response)
     }
@@ -155,6 +161,7 @@ impl KvStore {
             Some(Request::Put(put)) => put_cost(&put.key, &put.value),
             Some(Request::Txn(txn)) => txn_cost(txn),
             Some(Request::LeaseGrant(_)) => QUOTA_PUT_OVERHEAD_BYTES,
+            Some(Request::CurpCommand(command)) => native_cost(command),
             _ => return Ok(()),
         };
         if cost == 0 {
@@ -200,6 +207,15 @@ impl KvStore {
             header: header(self.current_revision),
             alarms,
         }
+    }
+}
+
+/// A native `Put` costs what an etcd `Put` of the same key and value does.
+fn native_cost(command: &cairn_proto::curppb::Command) -> u64 {
+    use cairn_proto::curppb::op::Op;
+    match command.op.as_ref().and_then(|op| op.op.as_ref()) {
+        Some(Op::Put(put)) => put_cost(&put.key, &put.value),
+        _ => 0,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - `store` — `KvStore`: restore from the engine, read primitives, `WriteTxn`.
 //! - `range`, `kv`, `txn`, `compaction`, `lease` — the etcd operations.
 //! - `watch` — event history for watchers.
+//! - `native` — the native CURP-HO operations (Put, Delete, Get, Scan) on the same keyspace.
 //! - `apply` — the entry dispatcher with the quota layer; `validate` — stateless request checks.
 //! - `auth` — users, roles, permissions and their checks; simple tokens.
 //! - `hash` — history checksums; `limits`, `error`, `response`.
@@ -25,6 +26,7 @@ pub mod key_index;
 pub mod kv;
 pub mod lease;
 pub mod limits;
+mod native;
 pub mod range;
 mod response;
 pub mod revision;

@@ -19,6 +19,7 @@
 //! - [`raftpb`]: the peer protocol — openraft's messages, the durable raft log entry and vote,
 //!   and the write/read-index requests a follower sends its leader (`proto/cairn/raftpb/raft.proto`).
 //! - [`logpb`]: the ordered log's publisher/subscriber protocol (`proto/cairn/logpb/log.proto`).
+//! - [`curppb`]: the native CURP-HO protocol (`proto/cairn/curppb/curp.proto`).
 //!
 //! The etcd packages also carry serde impls (protobuf's JSON mapping, for the HTTP gateway).
 //!
@@ -73,4 +74,11 @@ pub mod raftpb {
 #[allow(clippy::all)]
 pub mod logpb {
     tonic::include_proto!("logpb");
+}
+
+/// The native CURP-HO protocol: client and replica messages, the replicated command, the
+/// pool a new leader collects.
+#[allow(clippy::all)]
+pub mod curppb {
+    tonic::include_proto!("curppb");
 }

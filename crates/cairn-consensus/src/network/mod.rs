@@ -38,6 +38,7 @@ pub enum PeerRequest {
     ReadIndex(raftpb::ReadIndexRequest),
     ChangeMembership(raftpb::MembershipChange),
     TimeoutNow(raftpb::TimeoutNowRequest),
+    CurpPool(cairn_proto::curppb::PoolRequest),
 }
 
 /// The answer to a [`PeerRequest`] of the same kind.
@@ -50,6 +51,7 @@ pub enum PeerResponse {
     ReadIndex(raftpb::ReadIndexResponse),
     ChangeMembership(raftpb::MembershipChangeResponse),
     TimeoutNow(raftpb::TimeoutNowResponse),
+    CurpPool(cairn_proto::curppb::PoolResponse),
 }
 
 /// Why a peer call failed.

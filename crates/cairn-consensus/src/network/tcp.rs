@@ -111,6 +111,10 @@ impl Transport for TcpTransport {
                     .timeout_now(request)
                     .await
                     .map(|r| PeerResponse::TimeoutNow(r.into_inner())),
+                PeerRequest::CurpPool(request) => client
+                    .curp_pool(request)
+                    .await
+                    .map(|r| PeerResponse::CurpPool(r.into_inner())),
             };
             response.map_err(transport_error)
         })
@@ -214,5 +218,12 @@ impl RaftService for PeerService {
         request: Request<raftpb::TimeoutNowRequest>,
     ) -> Result<Response<raftpb::TimeoutNowResponse>, Status> {
         answer!(self, request, TimeoutNow)
+    }
+
+    async fn curp_pool(
+        &self,
+        request: Request<cairn_proto::curppb::PoolRequest>,
+    ) -> Result<Response<cairn_proto::curppb::PoolResponse>, Status> {
+        answer!(self, request, CurpPool)
     }
 }

@@ -1,0 +1,289 @@
+//! The native CURP-HO protocol on a replica (see `shared/design/CURP-HO.md`): the state every
+//! member keeps for it, the apply hooks, the leader's ordering and the witnesses' pooling
+//! (`replica`), and the new leader's recovery (`recovery`). The pure rules live in `curp`;
+//! this module holds them under locks and feeds them terms and entries.
+//!
+//! ```text
+//!  Propose ─► leader (serving its term)?  ─ yes ─► session check, pool check (+ no etcd-API
+//!     │                                            write in flight), pool it, queue the entry
+//!     │                                            now ─► LeaderReply{term, ok, result}
+//!     └ no ─► session check, pool check, pool it ─► WitnessReply{term, ok}
+//!  apply ─► session table (exactly once) ─► pool entry removed ─► sync waiters: SyncReply
+//! ```
+//!
+//! Locks, always taken in this order: the store (read or write), `sessions`, `pool`, `syncs`.
+//! Apply holds the store's write lock while it records sessions and empties pools, so a leader
+//! holding the read lock sees a pool and a store that agree: a command missing from the pool
+//! is applied in the store.
+
+mod convert;
+pub mod recovery;
+pub mod replica;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use cairn_mvcc::{ApplyResponse, KvStore, MvccError};
+use cairn_proto::cairnpb::internal_request::Request;
+use cairn_proto::cairnpb::InternalRequest;
+use cairn_proto::curppb;
+use prost::Message;
+use tokio::sync::{oneshot, watch};
+
+pub use convert::{command_from_pb, command_to_pb, id_to_pb, op_from_pb, InvalidCommand};
+
+use crate::curp::{CommandId, SessionCheck, SessionTable, Term, WitnessPool};
+use crate::limits::CURP_SESSION_IDLE_MS;
+
+/// What a sync waiter receives once the command is applied.
+pub type SyncResult = Result<curppb::Result, SyncError>;
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SyncError {
+    /// The command's seq is below its session's latest applied one: it was not applied.
+    #[error("command is older than its session's latest applied command")]
+    Stale,
+    /// The state machine refused it (quota, …).
+    #[error("{0}")]
+    Refused(String),
+    /// Leadership moved before the command applied here: retry.
+    #[error("leader changed")]
+    LeaderChanged,
+}
+
+/// The native protocol's state on one member.
+pub struct NativeState {
+    sessions: Mutex<SessionTable>,
+    sessions_dirty: AtomicBool,
+    pool: Mutex<WitnessPool>,
+    syncs: Mutex<HashMap<CommandId, Vec<oneshot::Sender<SyncResult>>>>,
+    /// The term this member, leading, has recovered and serves native commands in; 0 when it
+    /// does not lead or has not finished recovery.
+    serving: watch::Sender<Term>,
+    /// The newest `RecoveryDone(T)` applied here.
+    recovered: watch::Sender<Term>,
+}
+
+/// What apply does with one request of an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Apply it (every etcd-API request, and new native commands).
+    Apply,
+    /// A native command applied before: answer with the stored result.
+    Duplicate(Bytes),
+    /// A native command older than its session's latest: skip it.
+    Stale,
+}
+
+impl Admission {
+    pub(crate) fn applies(&self) -> bool {
+        *self == Admission::Apply
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn native_command(request: &InternalRequest) -> Option<&curppb::Command> {
+    match &request.request {
+        Some(Request::CurpCommand(command)) => Some(command),
+        _ => None,
+    }
+}
+
+/// A command's id as the log carries it; a command without one never passes the edge, so
+/// one here is from a bug, and gets a fixed id every member agrees on.
+fn logged_id(command: &curppb::Command) -> CommandId {
+    command.id.as_ref().map_or(
+        CommandId {
+            client_id: 0,
+            seq: 0,
+        },
+        |id| CommandId {
+            client_id: id.client_id,
+            seq: id.seq,
+        },
+    )
+}
+
+impl NativeState {
+    pub(crate) fn new(sessions: SessionTable) -> NativeState {
+        NativeState {
+            sessions: Mutex::new(sessions),
+            sessions_dirty: AtomicBool::new(false),
+            pool: Mutex::new(WitnessPool::new()),
+            syncs: Mutex::new(HashMap::new()),
+            serving: watch::channel(0).0,
+            recovered: watch::channel(0).0,
+        }
+    }
+
+    /// Replaces the session table (a snapshot was installed).
+    pub(crate) fn restore(&self, sessions: SessionTable) {
+        *lock(&self.sessions) = sessions;
+        self.sessions_dirty.store(false, Ordering::Release);
+    }
+
+    /// The session table's encoding if it changed since the last call.
+    pub(crate) fn take_dirty_sessions(&self) -> Option<Bytes> {
+        if !self.sessions_dirty.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(Bytes::from(lock(&self.sessions).encode()))
+    }
+
+    /// Pooled commands (for metrics and tests).
+    pub fn pool_len(&self) -> usize {
+        lock(&self.pool).len()
+    }
+
+    /// Sessions in the exactly-once table.
+    pub fn sessions_len(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// The highest applied seq of `client_id` (0: none).
+    pub fn applied_seq(&self, client_id: u64) -> u64 {
+        lock(&self.sessions).applied_seq(client_id).unwrap_or(0)
+    }
+
+    pub fn serving_term(&self) -> Term {
+        *self.serving.borrow()
+    }
+
+    /// Decides, for each request of one entry, whether it is applied. A command repeated
+    /// inside the entry is applied once.
+    pub(crate) fn admit(&self, requests: &[InternalRequest]) -> Vec<Admission> {
+        if requests.iter().all(|request| native_command(request).is_none()) {
+            return vec![Admission::Apply; requests.len()];
+        }
+        let sessions = lock(&self.sessions);
+        let mut admitted: HashMap<u64, u64> = HashMap::new();
+        requests
+            .iter()
+            .map(|request| {
+                let Some(command) = native_command(request) else {
+                    return Admission::Apply;
+                };
+                let id = logged_id(command);
+                match admitted.get(&id.client_id) {
+                    Some(seq) if id.seq == *seq => return Admission::Duplicate(Bytes::new()),
+                    Some(seq) if id.seq < *seq => return Admission::Stale,
+                    _ => {}
+                }
+                let check = sessions.check(id);
+                if check == SessionCheck::New {
+                    admitted.insert(id.client_id, id.seq);
+                }
+                match check {
+                    SessionCheck::New => Admission::Apply,
+                    SessionCheck::Duplicate(result) => Admission::Duplicate(result),
+                    SessionCheck::Stale => Admission::Stale,
+                }
+            })
+            .collect()
+    }
+
+    /// Runs after the entry's admitted requests were applied to `store`: records native
+    /// commands in the session table, takes them out of the pool, answers their sync waiters;
+    /// applies `RecoveryDone`. `result` is `None` for a request that was not applied.
+    pub(crate) fn after_apply(
+        &self,
+        store: &KvStore,
+        request: &InternalRequest,
+        admission: &Admission,
+        result: Option<&Result<ApplyResponse, MvccError>>,
+    ) {
+        match &request.request {
+            Some(Request::CurpCommand(command)) => {
+                let id = logged_id(command);
+                let outcome = self.record(store, id, command, admission, result, request);
+                lock(&self.pool).remove_applied(&id);
+                let waiters = lock(&self.syncs).remove(&id);
+                for waiter in waiters.into_iter().flatten() {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+            Some(Request::CurpRecoveryDone(done)) => {
+                lock(&self.pool).drop_before_term(done.term);
+                let now_ms = u64::try_from(request.now_unix_ms).unwrap_or(0);
+                // Expiry runs only here, at one log position on every member, so the table
+                // stays identical everywhere.
+                if !lock(&self.sessions)
+                    .expire(now_ms, CURP_SESSION_IDLE_MS)
+                    .is_empty()
+                {
+                    self.sessions_dirty.store(true, Ordering::Release);
+                }
+                self.recovered.send_if_modified(|recovered| {
+                    let newer = done.term > *recovered;
+                    *recovered = (*recovered).max(done.term);
+                    newer
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn record(
+        &self,
+        store: &KvStore,
+        id: CommandId,
+        command: &curppb::Command,
+        admission: &Admission,
+        result: Option<&Result<ApplyResponse, MvccError>>,
+        request: &InternalRequest,
+    ) -> SyncResult {
+        let op = command.op.as_ref().and_then(|op| op.op.as_ref());
+        let writes = matches!(
+            op,
+            Some(curppb::op::Op::Put(_) | curppb::op::Op::Delete(_))
+        );
+        match (admission, result) {
+            (Admission::Apply, Some(Ok(ApplyResponse::Native(result)))) => {
+                // Reads keep no result: a retried read is evaluated afresh (session.rs).
+                let stored = if writes {
+                    Bytes::from(result.encode_to_vec())
+                } else {
+                    Bytes::new()
+                };
+                let now_ms = u64::try_from(request.now_unix_ms).unwrap_or(0);
+                lock(&self.sessions).record(id, stored, now_ms);
+                self.sessions_dirty.store(true, Ordering::Release);
+                Ok(result.clone())
+            }
+            (Admission::Apply, Some(Err(error))) => Err(SyncError::Refused(error.to_string())),
+            (Admission::Apply, _) => Err(SyncError::Refused("not a native result".to_string())),
+            (Admission::Duplicate(_), _) if !writes => match op {
+                Some(op) => store
+                    .native_read(op)
+                    .map_err(|error| SyncError::Refused(error.to_string())),
+                None => Err(SyncError::Refused("command has no op".to_string())),
+            },
+            (Admission::Duplicate(stored), _) => curppb::Result::decode(stored.as_ref())
+                .map_err(|error| SyncError::Refused(format!("stored result: {error}"))),
+            (Admission::Stale, _) => Err(SyncError::Stale),
+        }
+    }
+
+    /// Registers a waiter for `id`'s apply result.
+    fn wait_sync(&self, id: CommandId) -> oneshot::Receiver<SyncResult> {
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.syncs).entry(id).or_default().push(sender);
+        receiver
+    }
+
+    /// Leadership moved: commands this member ordered may never apply here, so their waiters
+    /// are told to retry.
+    pub(crate) fn fail_syncs(&self) {
+        let waiters: Vec<_> = lock(&self.syncs).drain().collect();
+        for (_, senders) in waiters {
+            for sender in senders {
+                let _ = sender.send(Err(SyncError::LeaderChanged));
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The native protocol's entry points on a [`Replica`]: strong proposals and weak writes
+//! (the leader orders, witnesses pool), weak reads and flushes at the bound replica.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use cairn_mvcc::KvStore;
+use cairn_proto::cairnpb::internal_request::Request;
+use cairn_proto::cairnpb::InternalRequest;
+use cairn_proto::curppb::{self, op};
+use prost::Message;
+use tokio::sync::oneshot;
+
+use super::convert::{command_to_pb, op_to_pb, InvalidCommand};
+use super::{lock, NativeState, SyncError, SyncResult};
+use crate::curp::{Command, CommandId, Op, SessionCheck, Term, WitnessError};
+use crate::replica::Replica;
+use crate::types::MemberId;
+
+/// A replica's answer to a strong proposal or a weak write.
+#[derive(Debug)]
+pub enum ProposeReply {
+    /// The command was applied here before (a retry): its result.
+    Applied(curppb::Result),
+    /// A witness pooled it; `ok` iff nothing pooled conflicts.
+    Witness { term: Term, ok: bool },
+    /// The leader ordered it. `ok` iff no earlier unapplied entry conflicts; then `result` is
+    /// its evaluation on the log prefix. `sync` resolves once it is applied.
+    Leader {
+        term: Term,
+        ok: bool,
+        result: Option<curppb::Result>,
+        sync: SyncWait,
+    },
+}
+
+/// Resolves with a command's apply result on this member (the slow path's `SyncReply`).
+#[derive(Debug)]
+pub struct SyncWait(oneshot::Receiver<SyncResult>);
+
+impl Future for SyncWait {
+    type Output = SyncResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SyncResult> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|received| received.unwrap_or(Err(SyncError::LeaderChanged)))
+    }
+}
+
+/// Why a native request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+    #[error("a weak read must be a Get or a Scan")]
+    WeakReadOfWrite,
+    #[error("etcdserver: request is too large")]
+    TooLarge,
+    #[error("the leader is recovering or unknown; retry")]
+    NotReady,
+    #[error("command {0:?} is older than its session's latest applied command")]
+    Stale(CommandId),
+    #[error("command id {0:?} reused for a different command")]
+    IdReused(CommandId),
+    #[error("witness pool full; retry")]
+    Busy,
+    #[error("timed out")]
+    Timeout,
+}
+
+/// A weak read's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeakReadReply {
+    pub result: curppb::Result,
+    /// The replica's applied revision when it read.
+    pub applied_revision: i64,
+    /// The highest seq of the reading client applied here (0: none).
+    pub applied_seq: u64,
+}
+
+/// Who this member is and what it knows of the cluster (the native `HelloReply`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    pub member_id: MemberId,
+    pub voters: usize,
+    pub leader: Option<MemberId>,
+}
+
+impl Replica {
+    pub fn native(&self) -> &NativeState {
+        &self.inner.shared.native
+    }
+
+    pub fn cluster_view(&self) -> ClusterView {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        ClusterView {
+            member_id: self.inner.id,
+            voters: metrics.membership_config.membership().voter_ids().count(),
+            leader: metrics.current_leader,
+        }
+    }
+
+    /// A strong proposal or a weak write: the leader orders it, any other member witnesses
+    /// it. A leader still recovering holds the command (up to the request timeout) until it
+    /// serves, so a client connection's commands keep their order.
+    pub async fn native_propose(
+        &self,
+        command: Command,
+        now_unix_ms: i64,
+        max_bytes: usize,
+    ) -> Result<ProposeReply, NativeError> {
+        let (leading, term) = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_leader == Some(self.inner.id), metrics.current_term)
+        };
+        if !leading {
+            return self.witness(command, term);
+        }
+        let mut serving = self.native().serving.subscribe();
+        let recovered = serving.wait_for(|serving| *serving == term);
+        match tokio::time::timeout(self.inner.request_timeout, recovered).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return Err(NativeError::NotReady),
+        }
+        self.order(command, term, now_unix_ms, max_bytes)
+    }
+
+    /// The leader's side: appends the command to the log now and evaluates it on the prefix.
+    fn order(
+        &self,
+        command: Command,
+        term: Term,
+        now_unix_ms: i64,
+        max_bytes: usize,
+    ) -> Result<ProposeReply, NativeError> {
+        let inner = &self.inner;
+        let entry = InternalRequest {
+            now_unix_ms,
+            origin_member: inner.id,
+            // Native results reach clients through sync waiters, not the wait registry.
+            proposal_id: 0,
+            auth: None,
+            request: Some(Request::CurpCommand(command_to_pb(&command))),
+        };
+        let bytes = Bytes::from(entry.encode_to_vec());
+        if bytes.len() > max_bytes {
+            return Err(NativeError::TooLarge);
+        }
+        let native = self.native();
+        let store = inner.shared.store();
+        let sessions = lock(&native.sessions);
+        if let Some(applied) = applied_before(&store, sessions.check(command.id), &command)? {
+            return Ok(ProposeReply::Applied(applied));
+        }
+        let mut pool = lock(&native.pool);
+        if let Some(pooled) = pool.get(&command.id) {
+            if pooled.command != command {
+                return Err(NativeError::IdReused(command.id));
+            }
+            // A retry of a command this leader ordered already: its apply answers it.
+            let sync = SyncWait(native.wait_sync(command.id));
+            return Ok(ProposeReply::Leader {
+                term,
+                ok: false,
+                result: None,
+                sync,
+            });
+        }
+        let id = command.id;
+        let op = command.op.clone();
+        let pooled_ok = pool.witness(command, term).map_err(witness_error)?;
+        // The leader does not know the keys of etcd-API writes in flight: any of them
+        // conflicts.
+        let ok = pooled_ok && inner.proposals.generic_pending() == 0;
+        let result = if ok { speculate(&store, &op) } else { None };
+        let sync = SyncWait(native.wait_sync(id));
+        // Queued now, under the locks: the log order is the order replies were decided in.
+        drop(inner.proposals.enqueue_native(bytes));
+        Ok(ProposeReply::Leader {
+            term,
+            ok: result.is_some(),
+            result,
+            sync,
+        })
+    }
+
+    /// A witness's side: pools the command.
+    fn witness(&self, command: Command, term: Term) -> Result<ProposeReply, NativeError> {
+        let native = self.native();
+        let store = self.inner.shared.store();
+        let sessions = lock(&native.sessions);
+        if let Some(applied) = applied_before(&store, sessions.check(command.id), &command)? {
+            return Ok(ProposeReply::Applied(applied));
+        }
+        let ok = lock(&native.pool)
+            .witness(command, term)
+            .map_err(witness_error)?;
+        Ok(ProposeReply::Witness { term, ok })
+    }
+
+    /// A weak read at this (bound) replica: waits until it has applied `min_revision`, then
+    /// reads its applied state.
+    pub async fn native_weak_read(
+        &self,
+        client_id: u64,
+        op: &op::Op,
+        min_revision: i64,
+    ) -> Result<WeakReadReply, NativeError> {
+        if matches!(op, op::Op::Put(_) | op::Op::Delete(_)) {
+            return Err(NativeError::WeakReadOfWrite);
+        }
+        let mut revisions = self.inner.shared.revisions();
+        let caught_up = revisions.wait_for(|revision| *revision >= min_revision);
+        match tokio::time::timeout(self.inner.request_timeout, caught_up).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return Err(NativeError::Timeout),
+        }
+        let store = self.inner.shared.store();
+        let result = store
+            .native_read(op)
+            .map_err(|_| NativeError::WeakReadOfWrite)?;
+        Ok(WeakReadReply {
+            result,
+            applied_revision: store.current_revision(),
+            applied_seq: self.native().applied_seq(client_id),
+        })
+    }
+
+    /// Waits until this member has applied `client_id`'s commands up to `seq`; returns the
+    /// applied revision then.
+    pub async fn native_flush(&self, client_id: u64, seq: u64) -> Result<i64, NativeError> {
+        let mut applied = self.inner.shared.applied_index();
+        let flushed = async {
+            loop {
+                if self.native().applied_seq(client_id) >= seq {
+                    return Ok(self.inner.shared.store().current_revision());
+                }
+                if applied.changed().await.is_err() {
+                    return Err(NativeError::Timeout);
+                }
+            }
+        };
+        tokio::time::timeout(self.inner.request_timeout, flushed)
+            .await
+            .map_err(|_| NativeError::Timeout)?
+    }
+}
+
+/// The answer for a command the session table knows: `None` if it is new.
+fn applied_before(
+    store: &KvStore,
+    check: SessionCheck,
+    command: &Command,
+) -> Result<Option<curppb::Result>, NativeError> {
+    match check {
+        SessionCheck::New => Ok(None),
+        SessionCheck::Stale => Err(NativeError::Stale(command.id)),
+        // Reads keep no stored result: evaluated afresh, inside the retry's interval.
+        SessionCheck::Duplicate(_) if !command.writes() => {
+            Ok(speculate(store, &command.op).or_else(|| Some(curppb::Result::default())))
+        }
+        SessionCheck::Duplicate(stored) => Ok(Some(
+            curppb::Result::decode(stored.as_ref()).unwrap_or_default(),
+        )),
+    }
+}
+
+/// A command's result on `store`, which holds every earlier entry that touches its keys.
+fn speculate(store: &KvStore, op: &Op) -> Option<curppb::Result> {
+    let read = |op: &Op| {
+        let op = op_to_pb(op).op?;
+        store.native_read(&op).ok()
+    };
+    match op {
+        Op::Get { .. } | Op::Scan { .. } => read(op),
+        Op::Put { .. } => Some(curppb::Result::default()),
+        Op::Delete { key } => {
+            let found = read(&Op::Get { key: key.clone() })?;
+            Some(curppb::Result {
+                deleted: found.kvs.len() as u64,
+                ..Default::default()
+            })
+        }
+    }
+}
+
+fn witness_error(error: WitnessError) -> NativeError {
+    match error {
+        WitnessError::PoolFull { .. } => NativeError::Busy,
+        WitnessError::WeakRead(_) => NativeError::WeakReadOfWrite,
+        WitnessError::IdReused(id) => NativeError::IdReused(id),
+    }
+}
