@@ -82,3 +82,26 @@ pub mod logpb {
 pub mod curppb {
     tonic::include_proto!("curppb");
 }
+
+/// Framing of the native CURP-HO connection (format only): each message is a little-endian
+/// `u32` length, then that many bytes of one protobuf message.
+pub mod framing {
+    /// Bytes of a frame's length prefix.
+    pub const HEADER_BYTES: usize = 4;
+
+    /// Appends `message` as one frame to `buffer`.
+    pub fn encode<M: prost::Message>(message: &M, buffer: &mut Vec<u8>) {
+        let len = message.encoded_len();
+        let prefix = u32::try_from(len).expect("a frame is smaller than 4 GiB");
+        buffer.reserve(HEADER_BYTES + len);
+        buffer.extend_from_slice(&prefix.to_le_bytes());
+        message
+            .encode(buffer)
+            .expect("a Vec grows as needed, so encoding cannot run out of room");
+    }
+
+    /// The body length a frame header announces.
+    pub fn body_len(header: [u8; HEADER_BYTES]) -> usize {
+        u32::from_le_bytes(header) as usize
+    }
+}

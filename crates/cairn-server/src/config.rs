@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// More Prometheus text appended to `/metrics` by what the binary runs beside the server
     /// (the embedded log broker's counters).
     pub extra_metrics: Option<fn(&mut String)>,
+    /// Address of the native CURP-HO listener (`host:port`); empty disables it.
+    pub listen_native_addr: String,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +82,7 @@ impl Default for ServerConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
+            listen_native_addr: "127.0.0.1:2390".into(),
             auth_token: "simple".into(),
             auth_token_ttl_s: 300,
             bcrypt_cost: BCRYPT_COST_DEFAULT,

@@ -14,6 +14,8 @@
 //! - `services/` — KV, Watch, Lease, Maintenance, Cluster, Auth, Election, Lock (the last two
 //!   on `services/concurrency`, etcd's lock/election recipes run on the server).
 //! - `server` — `run(config, shutdown)`: listeners, gRPC server, graceful shutdown.
+//! - `native/` — the native CURP-HO listener: framed TCP, one reader and one writer per
+//!   connection, handing proposals, weak reads and flushes to the replica.
 //! - `http/` — the HTTP/1.1 side of the client port: etcd's JSON gateway, `/health`,
 //!   `/version`, `/metrics`; `metrics` — Prometheus exposition, the gRPC call counters.
 //! - `authority` — accepts clients that send a URL as the HTTP/2 `:authority` (etcdctl 3.4).
@@ -29,6 +31,7 @@ pub mod identity;
 pub mod lease_expiry;
 pub mod limits;
 pub mod metrics;
+pub mod native;
 pub mod node;
 pub mod server;
 pub mod services;

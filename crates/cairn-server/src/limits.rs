@@ -27,3 +27,9 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 32 * 1024;
 /// Extra gRPC message room above `--max-request-bytes`, so that requests slightly above the
 /// limit reach etcd's "request is too large" check instead of a transport error (etcd: 512 KiB).
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Bytes a native frame may carry beyond `--max-request-bytes` (ids, field tags).
+pub const NATIVE_FRAME_OVERHEAD_BYTES: usize = 4 * 1024;
+
+/// Replies queued per native connection before its reader stops reading the client.
+pub const NATIVE_REPLIES_QUEUED_MAX: usize = 1024;

@@ -57,6 +57,20 @@ pub async fn run(
     let node = Node::open(config.clone()).await?;
     let listeners = bind_listeners(&config.listen_client_urls).await?;
     let expiry = tokio::spawn(crate::lease_expiry::run(node.clone()));
+    if !config.listen_native_addr.is_empty() {
+        match tokio::net::TcpListener::bind(&config.listen_native_addr).await {
+            Ok(listener) => {
+                tokio::spawn(crate::native::serve(listener, node.clone()));
+            }
+            // The default port may be taken by another member on this host: the etcd API
+            // still serves.
+            Err(error) => warn!(
+                address = %config.listen_native_addr,
+                %error,
+                "native CURP-HO listener not started"
+            ),
+        }
+    }
     let listeners = listeners
         .into_iter()
         .zip(&config.listen_client_urls)

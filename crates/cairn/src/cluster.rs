@@ -2,7 +2,8 @@
 //!
 //! Member `i` (1-based) is named `m<i>`, keeps its data in `<data-dir>/m<i>` and its log in
 //! `<data-dir>/m<i>.log`, and listens on client port `client_port + (i-1)*10000` and peer port
-//! one above (etcd's Procfile layout: 2379/2380, 12379/12380, …). Ctrl-C or SIGTERM stops
+//! one above (etcd's Procfile layout: 2379/2380, 12379/12380, …); its native CURP-HO port is
+//! the client port + 11 (2390, 12390, …). Ctrl-C or SIGTERM stops
 //! every member with SIGTERM (each flushes and snapshots) and waits for them.
 
 use std::fs::File;
@@ -90,6 +91,8 @@ pub async fn up(
                 &peer_url,
             ])
             .args(["--initial-cluster", &initial_cluster])
+            // The native port sits 11 above the client port: 2390, 12390, 22390, …
+            .args(["--listen-native-addr", &format!("127.0.0.1:{}", client + 11)])
             .args(["--log-level", &args.log_level])
             .args(&args.serve_args)
             .stdin(Stdio::null())
@@ -122,9 +125,14 @@ pub async fn up(
             member.child.id()
         );
     }
+    let native: Vec<String> = ports
+        .iter()
+        .map(|(client, _)| format!("127.0.0.1:{}", client + 11))
+        .collect();
     println!(
-        "try:\n  etcdctl --endpoints={} endpoint status -w table",
-        endpoints.join(",")
+        "try:\n  etcdctl --endpoints={} endpoint status -w table\n  cairn kv put k v --endpoints {}",
+        endpoints.join(","),
+        native.join(",")
     );
     println!("Ctrl-C stops every member.");
     tokio::select! {

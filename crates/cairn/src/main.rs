@@ -163,6 +163,11 @@ struct ServeArgs {
     /// under /dev/shm named after --data-dir).
     #[arg(long)]
     log_shm_dir: Option<PathBuf>,
+    /// Address of the native CURP-HO listener (`cairn kv`, `cairn bench curp` and
+    /// cairn-client talk to it); empty disables it. If the port is taken the member runs
+    /// without it.
+    #[arg(long, default_value = "127.0.0.1:2390")]
+    listen_native_addr: String,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `cairn_server=debug`.
     #[arg(long, default_value = "info", env = "CAIRN_LOG")]
     log_level: String,
@@ -231,6 +236,7 @@ impl ServeArgs {
                 client_cert_auth: self.peer_client_cert_auth,
             },
             extra_metrics: None,
+            listen_native_addr: self.listen_native_addr,
         }
     }
 }

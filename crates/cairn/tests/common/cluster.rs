@@ -22,6 +22,8 @@ use super::{channel, free_port, free_port_on, signal, wait_ready};
 pub struct ClusterMember {
     pub name: String,
     pub client_port: u16,
+    /// The native CURP-HO listener's port.
+    pub native_port: u16,
     peer_listen: SocketAddr,
     pub proxy_port: u16,
     data_dir: PathBuf,
@@ -32,6 +34,11 @@ pub struct ClusterMember {
 impl ClusterMember {
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `host:port` of the native CURP-HO listener.
+    pub fn native_endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.native_port)
     }
 
     pub fn peer_url(&self) -> String {
@@ -127,6 +134,7 @@ impl CairnCluster {
         self.members.push(ClusterMember {
             name: format!("m{}", index + 1),
             client_port: free_port(),
+            native_port: free_port(),
             peer_listen,
             proxy_port,
             data_dir: self._dir.path().join(format!("m{}", index + 1)),
@@ -161,6 +169,7 @@ impl CairnCluster {
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--snapshot-count", "2000"])
             .args(["--log-level", "warn", "--log-listen="])
+            .args(["--listen-native-addr", &member.native_endpoint()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -121,6 +121,7 @@ impl Cairn {
             ])
             .args(["--log-level", "warn"])
             .args(log_broker_off(&self.extra_args))
+            .args(native_listener_off(&self.extra_args))
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -197,6 +198,13 @@ impl Drop for Cairn {
 /// would race for its default port.
 pub fn log_broker_off(extra_args: &[String]) -> Option<&'static str> {
     (!extra_args.iter().any(|a| a.starts_with("--log-listen"))).then_some("--log-listen=")
+}
+
+/// `--listen-native-addr=` (no native CURP-HO listener) unless the test configures one, for
+/// the same reason.
+pub fn native_listener_off(extra_args: &[String]) -> Option<&'static str> {
+    (!extra_args.iter().any(|a| a.starts_with("--listen-native-addr")))
+        .then_some("--listen-native-addr=")
 }
 
 /// A Debian `etcd` process: the differential oracle and the benchmark peer.
