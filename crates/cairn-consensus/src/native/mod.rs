@@ -32,7 +32,9 @@ use cairn_proto::curppb;
 use prost::Message;
 use tokio::sync::{oneshot, watch};
 
-pub use convert::{command_from_pb, command_to_pb, id_to_pb, op_from_pb, InvalidCommand};
+pub use convert::{
+    command_from_pb, command_to_pb, id_to_pb, op_from_pb, op_to_pb, InvalidCommand,
+};
 
 use crate::curp::{CommandId, SessionCheck, SessionTable, Term, WitnessPool};
 use crate::limits::CURP_SESSION_IDLE_MS;

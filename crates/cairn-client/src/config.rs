@@ -1,0 +1,33 @@
+//! How a session runs.
+
+use std::time::Duration;
+
+/// A session's settings. `endpoints` are the replicas' native addresses (`host:port`).
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub endpoints: Vec<String>,
+    /// Index into `endpoints` of the replica that answers weak operations.
+    pub bound: usize,
+    /// The session's client id; `None` draws a random one.
+    pub client_id: Option<u64>,
+    /// An unfinished command is resent to every replica this often.
+    pub retry: Duration,
+    /// An operation gives up after this long.
+    pub timeout: Duration,
+    /// Emulated one-way delay on each client–replica link, both directions (benchmarks of
+    /// wide-area setups on one host). Messages stay in order.
+    pub delay: Duration,
+}
+
+impl SessionConfig {
+    pub fn new(endpoints: Vec<String>) -> SessionConfig {
+        SessionConfig {
+            endpoints,
+            bound: 0,
+            client_id: None,
+            retry: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            delay: Duration::ZERO,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The client's errors.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The session needs at least one replica endpoint.
+    #[error("no endpoints given")]
+    NoEndpoints,
+    /// `bound` does not name one of the endpoints.
+    #[error("bound replica {bound} is not among the {endpoints} endpoints")]
+    BadBound { bound: usize, endpoints: usize },
+    /// The replicas refused the request (the protocol's error code and message).
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+    /// The operation did not complete in time (no leader, a partition, …). A write may or may
+    /// not have applied; retrying it with the same session is exactly-once.
+    #[error("operation timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The session was closed.
+    #[error("session closed")]
+    Closed,
+}

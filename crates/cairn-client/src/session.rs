@@ -1,0 +1,527 @@
+//! A client session: commands with ids, their completion, weak reads with read-your-writes.
+//! See the crate doc for the protocol.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use cairn_consensus::curp::{
+    Command, CommandId, Completion, Consistency, KeySet, Path, Quorums, Reply,
+};
+use cairn_consensus::native::command_to_pb;
+use cairn_proto::curppb::{self, client_message, server_message};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::SessionConfig;
+use crate::error::ClientError;
+use crate::link::{frame, Dispatch, Link};
+
+pub use cairn_consensus::curp::Op;
+
+/// A finished operation: its result, and for strong ops the path it completed on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub result: curppb::Result,
+    pub path: Option<Path>,
+}
+
+type Answer<T> = oneshot::Sender<Result<T, ClientError>>;
+
+/// What the bound replica answered a weak read or a flush.
+enum BoundAnswer {
+    Read(curppb::WeakReadReply),
+    Flushed(curppb::FlushReply),
+}
+
+struct StrongInFlight {
+    completion: Completion<curppb::Result>,
+    done: Option<Answer<(curppb::Result, Path)>>,
+}
+
+/// What replies reach: the commands and reads in flight.
+struct State {
+    /// Voters as the replicas report them (N of the quorum arithmetic); 0 until one answers.
+    voters: AtomicUsize,
+    strong: Mutex<HashMap<CommandId, StrongInFlight>>,
+    weak: Mutex<HashMap<CommandId, Answer<()>>>,
+    bound: Mutex<HashMap<u64, Answer<BoundAnswer>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn refused(error: &curppb::Error) -> ClientError {
+    let code = curppb::Code::try_from(error.code)
+        .map(|code| code.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("code {}", error.code));
+    ClientError::Refused {
+        code,
+        message: error.message.clone(),
+    }
+}
+
+/// Codes that mean "try again": the retry timer does.
+fn retryable(code: i32) -> bool {
+    matches!(
+        curppb::Code::try_from(code),
+        Ok(curppb::Code::NotReady | curppb::Code::Busy | curppb::Code::Unavailable)
+    )
+}
+
+fn command_id(id: Option<&curppb::CommandId>) -> Option<CommandId> {
+    id.map(|id| CommandId {
+        client_id: id.client_id,
+        seq: id.seq,
+    })
+}
+
+impl Dispatch for State {
+    fn dispatch(&self, _replica: usize, message: curppb::ServerMessage) {
+        use server_message::Message;
+        let Some(message) = message.message else {
+            return;
+        };
+        match message {
+            Message::HelloReply(hello) => {
+                self.voters
+                    .fetch_max(hello.voters as usize, Ordering::AcqRel);
+            }
+            Message::LeaderReply(leader) => self.absorb(
+                leader.id.as_ref(),
+                Reply::Leader {
+                    term: leader.term,
+                    ok: leader.ok,
+                    result: leader.result.unwrap_or_default(),
+                },
+            ),
+            Message::WitnessReply(witness) => self.absorb(
+                witness.id.as_ref(),
+                Reply::Witness {
+                    replica: witness.member_id,
+                    term: witness.term,
+                    ok: witness.ok,
+                },
+            ),
+            Message::SyncReply(sync) => {
+                // A weak write retried after it applied is answered from the session table.
+                if let Some(id) = command_id(sync.id.as_ref()) {
+                    if let Some(answer) = lock(&self.weak).remove(&id) {
+                        let _ = answer.send(Ok(()));
+                        return;
+                    }
+                }
+                self.absorb(
+                    sync.id.as_ref(),
+                    Reply::Sync {
+                        result: sync.result.unwrap_or_default(),
+                    },
+                )
+            }
+            Message::CausalReply(causal) => {
+                if let Some(id) = command_id(causal.id.as_ref()) {
+                    if let Some(answer) = lock(&self.weak).remove(&id) {
+                        let _ = answer.send(Ok(()));
+                    }
+                }
+            }
+            Message::WeakReadReply(read) => {
+                if let Some(answer) = lock(&self.bound).remove(&read.request_id) {
+                    let _ = answer.send(Ok(BoundAnswer::Read(read)));
+                }
+            }
+            Message::FlushReply(flushed) => {
+                if let Some(answer) = lock(&self.bound).remove(&flushed.request_id) {
+                    let _ = answer.send(Ok(BoundAnswer::Flushed(flushed)));
+                }
+            }
+            Message::Error(error) => self.fail(&error),
+        }
+    }
+}
+
+impl State {
+    fn absorb(&self, id: Option<&curppb::CommandId>, reply: Reply<curppb::Result>) {
+        let Some(id) = command_id(id) else {
+            return;
+        };
+        let mut strong = lock(&self.strong);
+        let Some(in_flight) = strong.get_mut(&id) else {
+            return;
+        };
+        if let Some(done) = in_flight.completion.absorb(reply) {
+            if let Some(answer) = in_flight.done.take() {
+                let _ = answer.send(Ok((done.result, done.path)));
+            }
+            strong.remove(&id);
+        }
+    }
+
+    /// A refusal ends the operation unless it says "retry".
+    fn fail(&self, error: &curppb::Error) {
+        if retryable(error.code) {
+            return;
+        }
+        if let Some(id) = command_id(error.id.as_ref()) {
+            if let Some(mut in_flight) = lock(&self.strong).remove(&id) {
+                if let Some(answer) = in_flight.done.take() {
+                    let _ = answer.send(Err(refused(error)));
+                }
+            }
+            if let Some(answer) = lock(&self.weak).remove(&id) {
+                let _ = answer.send(Err(refused(error)));
+            }
+        } else if let Some(answer) = lock(&self.bound).remove(&error.request_id) {
+            let _ = answer.send(Err(refused(error)));
+        }
+    }
+}
+
+/// One client session over the native protocol; share it with `Arc` to keep several
+/// operations in flight.
+pub struct Session {
+    config: SessionConfig,
+    client_id: u64,
+    state: Arc<State>,
+    links: Vec<Link>,
+    /// Held while a command takes its seq and is queued to every replica, so every link
+    /// carries the session's commands in seq order.
+    send_order: tokio::sync::Mutex<()>,
+    next_seq: AtomicU64,
+    next_request: AtomicU64,
+    /// Seq of the latest weak write (the next strong op's `causal_dep`).
+    last_weak: AtomicU64,
+    /// The highest revision a weak read or flush has shown this session.
+    min_revision: AtomicI64,
+    /// This session's writes the bound replica has not shown applied yet, by seq, for
+    /// read-your-writes and for resending weak writes.
+    unapplied: Mutex<BTreeMap<u64, Command>>,
+}
+
+impl Session {
+    /// Opens a session: connects to every endpoint and waits (up to the timeout) until one
+    /// replica has said how many voters the cluster has.
+    pub async fn connect(config: SessionConfig) -> Result<Session, ClientError> {
+        if config.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        if config.bound >= config.endpoints.len() {
+            return Err(ClientError::BadBound {
+                bound: config.bound,
+                endpoints: config.endpoints.len(),
+            });
+        }
+        let state = Arc::new(State {
+            voters: AtomicUsize::new(0),
+            strong: Mutex::new(HashMap::new()),
+            weak: Mutex::new(HashMap::new()),
+            bound: Mutex::new(HashMap::new()),
+        });
+        let links = config
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(replica, endpoint)| {
+                Link::start(replica, endpoint.clone(), config.delay, state.clone())
+            })
+            .collect();
+        let client_id = config.client_id.unwrap_or_else(|| rand::random::<u64>().max(1));
+        let deadline = Instant::now() + config.timeout;
+        while state.voters.load(Ordering::Acquire) == 0 {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(config.timeout));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(Session {
+            config,
+            client_id,
+            state,
+            links,
+            send_order: tokio::sync::Mutex::new(()),
+            next_seq: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
+            last_weak: AtomicU64::new(0),
+            min_revision: AtomicI64::new(0),
+            unapplied: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    fn quorums(&self) -> Quorums {
+        let voters = self.state.voters.load(Ordering::Acquire);
+        Quorums::new(if voters == 0 { self.links.len() } else { voters })
+    }
+
+    /// A linearizable operation.
+    pub async fn strong(&self, op: Op) -> Result<Outcome, ClientError> {
+        validate(&op)?;
+        let (answer, done) = oneshot::channel();
+        let order = self.send_order.lock().await;
+        let command = self.command(op, Consistency::Strong);
+        lock(&self.state.strong).insert(
+            command.id,
+            StrongInFlight {
+                completion: Completion::new(self.quorums()),
+                done: Some(answer),
+            },
+        );
+        let message = frame(client_message::Message::Propose(curppb::Propose {
+            command: Some(command_to_pb(&command)),
+            causal_dep: self.last_weak.load(Ordering::Acquire),
+        }));
+        self.send_all(&message).await;
+        drop(order);
+        let outcome = self
+            .await_retrying(done, || self.send_all(&message))
+            .await;
+        lock(&self.state.strong).remove(&command.id);
+        let (result, path) = outcome?;
+        Ok(Outcome {
+            result,
+            path: Some(path),
+        })
+    }
+
+    /// A causal operation: a write completes when the bound replica has it; a read is
+    /// answered by the bound replica.
+    pub async fn weak(&self, op: Op) -> Result<Outcome, ClientError> {
+        validate(&op)?;
+        if !op.writes() {
+            return self.weak_read(op).await;
+        }
+        let (answer, done) = oneshot::channel();
+        let order = self.send_order.lock().await;
+        let command = self.command(op, Consistency::Weak);
+        self.last_weak.store(command.id.seq, Ordering::Release);
+        lock(&self.state.weak).insert(command.id, answer);
+        let (to_bound, to_others) = self.causal_frames(&command);
+        self.send_causal(&to_bound, &to_others).await;
+        drop(order);
+        let outcome = self
+            .await_retrying(done, || self.send_causal(&to_bound, &to_others))
+            .await;
+        lock(&self.state.weak).remove(&command.id);
+        outcome?;
+        Ok(Outcome {
+            result: curppb::Result::default(),
+            path: None,
+        })
+    }
+
+    /// Waits until the bound replica has applied every command this session issued (the
+    /// durability point of weak writes). Resends unapplied weak writes while it waits.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let seq = self.next_seq.load(Ordering::Acquire) - 1;
+        if seq == 0 {
+            return Ok(());
+        }
+        let request_id = self.next_request.fetch_add(1, Ordering::AcqRel);
+        let message = frame(client_message::Message::Flush(curppb::Flush {
+            client_id: self.client_id,
+            request_id,
+            seq,
+        }));
+        let answer = self
+            .ask_bound(request_id, &message, || self.resend_weak_writes())
+            .await?;
+        if let BoundAnswer::Flushed(flushed) = answer {
+            self.saw(flushed.applied_revision, seq);
+        }
+        Ok(())
+    }
+
+    fn command(&self, op: Op, consistency: Consistency) -> Command {
+        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        let command = Command {
+            id: CommandId {
+                client_id: self.client_id,
+                seq,
+            },
+            op,
+            consistency,
+        };
+        if command.writes() {
+            lock(&self.unapplied).insert(seq, command.clone());
+        }
+        command
+    }
+
+    fn causal_frames(&self, command: &Command) -> (Bytes, Bytes) {
+        let causal = |reply| {
+            frame(client_message::Message::CausalPropose(
+                curppb::CausalPropose {
+                    command: Some(command_to_pb(command)),
+                    causal_dep: command.id.seq.saturating_sub(1),
+                    reply,
+                },
+            ))
+        };
+        (causal(true), causal(false))
+    }
+
+    async fn send_all(&self, message: &Bytes) {
+        for link in &self.links {
+            link.send(message.clone()).await;
+        }
+    }
+
+    /// The bound replica first, so it answers as early as it can.
+    async fn send_causal(&self, to_bound: &Bytes, to_others: &Bytes) {
+        self.links[self.config.bound].send(to_bound.clone()).await;
+        for (replica, link) in self.links.iter().enumerate() {
+            if replica != self.config.bound {
+                link.send(to_others.clone()).await;
+            }
+        }
+    }
+
+    async fn resend_weak_writes(&self) {
+        let weak: Vec<Command> = lock(&self.unapplied)
+            .values()
+            .filter(|command| command.consistency == Consistency::Weak)
+            .cloned()
+            .collect();
+        for command in weak {
+            let (to_bound, to_others) = self.causal_frames(&command);
+            self.send_causal(&to_bound, &to_others).await;
+        }
+    }
+
+    async fn weak_read(&self, op: Op) -> Result<Outcome, ClientError> {
+        let request_id = self.next_request.fetch_add(1, Ordering::AcqRel);
+        let message = frame(client_message::Message::WeakRead(curppb::WeakRead {
+            client_id: self.client_id,
+            request_id,
+            op: Some(cairn_consensus::native::op_to_pb(&op)),
+            min_revision: self.min_revision.load(Ordering::Acquire),
+        }));
+        let answer = self.ask_bound(request_id, &message, || async {}).await?;
+        let BoundAnswer::Read(read) = answer else {
+            return Err(ClientError::Refused {
+                code: "UNKNOWN".to_string(),
+                message: "a flush reply answered a read".to_string(),
+            });
+        };
+        self.saw(read.applied_revision, read.applied_seq);
+        let result = self.overlay(&op, read.result.unwrap_or_default(), read.applied_seq);
+        Ok(Outcome { result, path: None })
+    }
+
+    /// The bound replica showed `applied_revision` and that it applied this session up to
+    /// `applied_seq`.
+    fn saw(&self, applied_revision: i64, applied_seq: u64) {
+        self.min_revision
+            .fetch_max(applied_revision, Ordering::AcqRel);
+        let mut unapplied = lock(&self.unapplied);
+        *unapplied = unapplied.split_off(&(applied_seq + 1));
+    }
+
+    /// Read-your-writes: lays this session's writes the replica had not applied (seq above
+    /// `applied_seq`) over its answer, in seq order.
+    fn overlay(&self, op: &Op, mut result: curppb::Result, applied_seq: u64) -> curppb::Result {
+        let unapplied = lock(&self.unapplied);
+        let read_keys = op.key_set();
+        let mut changed = false;
+        let mut kvs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for command in unapplied.range(applied_seq + 1..).map(|(_, command)| command) {
+            let KeySet::Point(key) = command.key_set() else {
+                continue;
+            };
+            if !read_keys.contains(&key) {
+                continue;
+            }
+            if !changed {
+                kvs = std::mem::take(&mut result.kvs)
+                    .into_iter()
+                    .map(|kv| (kv.key, kv.value))
+                    .collect();
+                changed = true;
+            }
+            match &command.op {
+                Op::Put { value, .. } => {
+                    kvs.insert(key.to_vec(), value.to_vec());
+                }
+                Op::Delete { .. } => {
+                    kvs.remove(key.as_ref());
+                }
+                Op::Get { .. } | Op::Scan { .. } => {}
+            }
+        }
+        if changed {
+            let limit = match op {
+                Op::Scan { limit, .. } if *limit > 0 => *limit as usize,
+                _ => usize::MAX,
+            };
+            result.more |= kvs.len() > limit;
+            result.kvs = kvs
+                .into_iter()
+                .take(limit)
+                .map(|(key, value)| curppb::KeyValue { key, value })
+                .collect();
+        }
+        result
+    }
+
+    async fn ask_bound<F, Fut>(
+        &self,
+        request_id: u64,
+        message: &Bytes,
+        on_retry: F,
+    ) -> Result<BoundAnswer, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let (answer, done) = oneshot::channel();
+        lock(&self.state.bound).insert(request_id, answer);
+        let bound = &self.links[self.config.bound];
+        bound.send(message.clone()).await;
+        let outcome = self
+            .await_retrying(done, || async {
+                on_retry().await;
+                bound.send(message.clone()).await;
+            })
+            .await;
+        lock(&self.state.bound).remove(&request_id);
+        outcome
+    }
+
+    /// Waits for `done`, calling `resend` every retry period, up to the timeout.
+    async fn await_retrying<T, F, Fut>(
+        &self,
+        mut done: oneshot::Receiver<Result<T, ClientError>>,
+        resend: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let deadline = Instant::now() + self.config.timeout;
+        loop {
+            let retry_at = (Instant::now() + self.config.retry).min(deadline);
+            tokio::select! {
+                answered = &mut done => return answered.unwrap_or(Err(ClientError::Closed)),
+                _ = tokio::time::sleep_until(retry_at) => {
+                    if Instant::now() >= deadline {
+                        return Err(ClientError::Timeout(self.config.timeout));
+                    }
+                    resend().await;
+                }
+            }
+        }
+    }
+}
+
+fn validate(op: &Op) -> Result<(), ClientError> {
+    op.validate().map_err(|error| ClientError::Refused {
+        code: curppb::Code::InvalidArgument.as_str_name().to_string(),
+        message: error.to_string(),
+    })
+}
