@@ -1,6 +1,7 @@
 //! `cairn` — the command line: `serve` runs a member, `bench` measures one.
 
 mod cluster;
+mod kv;
 mod log;
 
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ enum Command {
     /// Local development clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// One native CURP-HO operation (put, get, del, scan), strong or --weak.
+    Kv(kv::KvArgs),
     /// The ordered publish/subscribe log: brokers, topics, publish, subscribe.
     #[command(subcommand)]
     Log(log::LogCommand),
@@ -269,6 +272,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Cluster(ClusterCommand::Up(args)) => {
             runtime.block_on(cluster::up(args, shutdown_signal()))
+        }
+        Command::Kv(args) => {
+            init_logging("warn");
+            runtime.block_on(kv::run(args))
         }
         Command::Log(command) => {
             // A broker logs like a server; the client commands only speak up about trouble.

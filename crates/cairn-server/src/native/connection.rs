@@ -40,7 +40,7 @@ pub(super) async fn run(stream: TcpStream, node: Node) {
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut reader, frame_max) => frame,
-            _ = stopping.wait_for(|stopping| *stopping) => break,
+            () = super::stopped(&mut stopping) => break,
         };
         let outgoing = match frame {
             Ok(Frame::Message(message)) => handle(&node, message).await,

@@ -20,6 +20,11 @@ use tracing::{info, warn};
 
 use crate::node::Node;
 
+/// Resolves once the node begins to stop.
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
 /// Accepts native clients on `listener` until the node stops.
 pub async fn serve(listener: TcpListener, node: Node) {
     let mut stopping = node.stopping();
@@ -37,7 +42,7 @@ pub async fn serve(listener: TcpListener, node: Node) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            _ = stopping.wait_for(|stopping| *stopping) => return,
+            () = stopped(&mut stopping) => return,
         }
     }
 }
