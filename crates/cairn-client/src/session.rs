@@ -228,7 +228,9 @@ impl Session {
                 Link::start(replica, endpoint.clone(), config.delay, state.clone())
             })
             .collect();
-        let client_id = config.client_id.unwrap_or_else(|| rand::random::<u64>().max(1));
+        let client_id = config
+            .client_id
+            .unwrap_or_else(|| rand::random::<u64>().max(1));
         let deadline = Instant::now() + config.timeout;
         while state.voters.load(Ordering::Acquire) == 0 {
             if Instant::now() >= deadline {
@@ -256,7 +258,11 @@ impl Session {
 
     fn quorums(&self) -> Quorums {
         let voters = self.state.voters.load(Ordering::Acquire);
-        Quorums::new(if voters == 0 { self.links.len() } else { voters })
+        Quorums::new(if voters == 0 {
+            self.links.len()
+        } else {
+            voters
+        })
     }
 
     /// A linearizable operation.
@@ -278,9 +284,7 @@ impl Session {
         }));
         self.send_all(&message).await;
         drop(order);
-        let outcome = self
-            .await_retrying(done, || self.send_all(&message))
-            .await;
+        let outcome = self.await_retrying(done, || self.send_all(&message)).await;
         lock(&self.state.strong).remove(&command.id);
         let (result, path) = outcome?;
         Ok(Outcome {
@@ -430,7 +434,10 @@ impl Session {
         let read_keys = op.key_set();
         let mut changed = false;
         let mut kvs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for command in unapplied.range(applied_seq + 1..).map(|(_, command)| command) {
+        for command in unapplied
+            .range(applied_seq + 1..)
+            .map(|(_, command)| command)
+        {
             let KeySet::Point(key) = command.key_set() else {
                 continue;
             };

@@ -146,9 +146,7 @@ async fn drive(raft: Raft, shared: Arc<Shared>) {
                 Ok(receiver) => match receiver.await {
                     Ok(Ok(_)) => Submitted::Committed,
                     Ok(Err(ClientWriteError::ForwardToLeader(_))) => Submitted::LeaderChanged,
-                    Ok(Err(ClientWriteError::ChangeMembershipError(_))) => {
-                        Submitted::LeaderChanged
-                    }
+                    Ok(Err(ClientWriteError::ChangeMembershipError(_))) => Submitted::LeaderChanged,
                     Err(_) => Submitted::Stopped,
                 },
             };

@@ -26,8 +26,8 @@ use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::error::OpenError;
 use crate::curp::SessionTable;
+use crate::error::OpenError;
 use crate::metrics::ConsensusMetrics;
 use crate::native::NativeState;
 use crate::types::{

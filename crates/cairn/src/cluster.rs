@@ -92,7 +92,10 @@ pub async fn up(
             ])
             .args(["--initial-cluster", &initial_cluster])
             // The native port sits 11 above the client port: 2390, 12390, 22390, …
-            .args(["--listen-native-addr", &format!("127.0.0.1:{}", client + 11)])
+            .args([
+                "--listen-native-addr",
+                &format!("127.0.0.1:{}", client + 11),
+            ])
             .args(["--log-level", &args.log_level])
             .args(&args.serve_args)
             .stdin(Stdio::null())

@@ -17,7 +17,12 @@ pub struct KvArgs {
     #[command(subcommand)]
     command: KvCommand,
     /// Native CURP-HO addresses of the replicas (`--listen-native-addr` of each member).
-    #[arg(long, global = true, default_value = "127.0.0.1:2390", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:2390",
+        value_delimiter = ','
+    )]
     endpoints: Vec<String>,
     /// Index in --endpoints of the replica that answers weak operations (the nearest).
     #[arg(long, global = true, default_value_t = 0)]
@@ -93,9 +98,9 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
         session.flush().await.context("flushing the weak write")?;
     }
     if args.verbose {
-        let path = outcome
-            .path
-            .map_or("weak".to_string(), |path| format!("{path:?}").to_lowercase());
+        let path = outcome.path.map_or("weak".to_string(), |path| {
+            format!("{path:?}").to_lowercase()
+        });
         eprintln!("path={path} latency={latency:?}");
     }
     match args.command {

@@ -32,9 +32,7 @@ use cairn_proto::curppb;
 use prost::Message;
 use tokio::sync::{oneshot, watch};
 
-pub use convert::{
-    command_from_pb, command_to_pb, id_to_pb, op_from_pb, op_to_pb, InvalidCommand,
-};
+pub use convert::{command_from_pb, command_to_pb, id_to_pb, op_from_pb, op_to_pb, InvalidCommand};
 
 use crate::curp::{CommandId, SessionCheck, SessionTable, Term, WitnessPool};
 use crate::limits::CURP_SESSION_IDLE_MS;
@@ -159,7 +157,10 @@ impl NativeState {
     /// Decides, for each request of one entry, whether it is applied. A command repeated
     /// inside the entry is applied once.
     pub(crate) fn admit(&self, requests: &[InternalRequest]) -> Vec<Admission> {
-        if requests.iter().all(|request| native_command(request).is_none()) {
+        if requests
+            .iter()
+            .all(|request| native_command(request).is_none())
+        {
             return vec![Admission::Apply; requests.len()];
         }
         let sessions = lock(&self.sessions);
@@ -240,10 +241,7 @@ impl NativeState {
         request: &InternalRequest,
     ) -> SyncResult {
         let op = command.op.as_ref().and_then(|op| op.op.as_ref());
-        let writes = matches!(
-            op,
-            Some(curppb::op::Op::Put(_) | curppb::op::Op::Delete(_))
-        );
+        let writes = matches!(op, Some(curppb::op::Op::Put(_) | curppb::op::Op::Delete(_)));
         match (admission, result) {
             (Admission::Apply, Some(Ok(ApplyResponse::Native(result)))) => {
                 // Reads keep no result: a retried read is evaluated afresh (session.rs).

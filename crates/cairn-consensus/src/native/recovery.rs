@@ -64,7 +64,10 @@ pub(crate) async fn watch_leadership(replica: Replica) {
         if leading && native.serving_term() != term {
             match recover(&replica, term).await {
                 Ok(recovered) => {
-                    info!(term, recovered, "CURP-HO recovery done; serving native commands")
+                    info!(
+                        term,
+                        recovered, "CURP-HO recovery done; serving native commands"
+                    )
                 }
                 Err(error) => {
                     warn!(%error, term, "CURP-HO recovery failed; retrying");
@@ -164,7 +167,10 @@ async fn collect_pools(
 ) -> BTreeMap<MemberId, Vec<PoolEntry>> {
     let inner = &replica.inner;
     let mut pools = BTreeMap::new();
-    pools.insert(inner.id, lock(&replica.native().pool).entries_for_recovery());
+    pools.insert(
+        inner.id,
+        lock(&replica.native().pool).entries_for_recovery(),
+    );
     let mut calls: FuturesUnordered<_> = voters
         .iter()
         .filter(|voter| **voter != inner.id)

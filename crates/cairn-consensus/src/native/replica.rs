@@ -115,7 +115,10 @@ impl Replica {
         let (leading, term) = {
             let metrics = self.inner.raft.metrics();
             let metrics = metrics.borrow();
-            (metrics.current_leader == Some(self.inner.id), metrics.current_term)
+            (
+                metrics.current_leader == Some(self.inner.id),
+                metrics.current_term,
+            )
         };
         if !leading {
             return self.witness(command, term);

@@ -104,18 +104,19 @@ async fn write_replies(mut write: OwnedWriteHalf, mut receiver: mpsc::Receiver<O
     let mut later = FuturesUnordered::new();
     let mut buffer = Vec::new();
     let mut open = true;
-    let take = |outgoing: Outgoing,
-                buffer: &mut Vec<u8>,
-                later: &mut FuturesUnordered<BoxFuture<'static, curppb::ServerMessage>>| {
-        match outgoing {
-            Outgoing::Now(message) => framing::encode(&message, buffer),
-            Outgoing::Later(future) => later.push(future),
-            Outgoing::NowThenLater(message, future) => {
-                framing::encode(&message, buffer);
-                later.push(future);
+    let take =
+        |outgoing: Outgoing,
+         buffer: &mut Vec<u8>,
+         later: &mut FuturesUnordered<BoxFuture<'static, curppb::ServerMessage>>| {
+            match outgoing {
+                Outgoing::Now(message) => framing::encode(&message, buffer),
+                Outgoing::Later(future) => later.push(future),
+                Outgoing::NowThenLater(message, future) => {
+                    framing::encode(&message, buffer);
+                    later.push(future);
+                }
             }
-        }
-    };
+        };
     while open || !later.is_empty() {
         tokio::select! {
             received = receiver.recv(), if open => match received {
@@ -262,12 +263,12 @@ async fn propose_strong(node: &Node, command: Option<curppb::Command>) -> Option
         .native_propose(command, now_unix_ms(), max_bytes)
         .await;
     let outgoing = match proposed {
-        Ok(ProposeReply::Applied(result)) => {
-            Outgoing::Now(reply(server_message::Message::SyncReply(curppb::SyncReply {
+        Ok(ProposeReply::Applied(result)) => Outgoing::Now(reply(
+            server_message::Message::SyncReply(curppb::SyncReply {
                 id: Some(id),
                 result: Some(result),
-            })))
-        }
+            }),
+        )),
         Ok(ProposeReply::Witness { term, ok }) => Outgoing::Now(reply(
             server_message::Message::WitnessReply(curppb::WitnessReply {
                 id: Some(id),
@@ -326,9 +327,8 @@ async fn causal_propose(
     let command = match decode_command(command, Consistency::Weak) {
         Ok(command) => command,
         Err((id, invalid)) => {
-            return wants_reply.then(|| {
-                Outgoing::Now(error(id, 0, Code::InvalidArgument, invalid.to_string()))
-            })
+            return wants_reply
+                .then(|| Outgoing::Now(error(id, 0, Code::InvalidArgument, invalid.to_string())))
         }
     };
     let id = id_to_pb(command.id);
@@ -392,12 +392,12 @@ fn flush_session(node: &Node, flush: curppb::Flush) -> Outgoing {
     let replica = node.replica().clone();
     Outgoing::Later(Box::pin(async move {
         match replica.native_flush(flush.client_id, flush.seq).await {
-            Ok(applied_revision) => reply(server_message::Message::FlushReply(
-                curppb::FlushReply {
+            Ok(applied_revision) => {
+                reply(server_message::Message::FlushReply(curppb::FlushReply {
                     request_id: flush.request_id,
                     applied_revision,
-                },
-            )),
+                }))
+            }
             Err(failure) => error(
                 None,
                 flush.request_id,

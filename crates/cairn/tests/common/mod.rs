@@ -203,8 +203,10 @@ pub fn log_broker_off(extra_args: &[String]) -> Option<&'static str> {
 /// `--listen-native-addr=` (no native CURP-HO listener) unless the test configures one, for
 /// the same reason.
 pub fn native_listener_off(extra_args: &[String]) -> Option<&'static str> {
-    (!extra_args.iter().any(|a| a.starts_with("--listen-native-addr")))
-        .then_some("--listen-native-addr=")
+    (!extra_args
+        .iter()
+        .any(|a| a.starts_with("--listen-native-addr")))
+    .then_some("--listen-native-addr=")
 }
 
 /// A Debian `etcd` process: the differential oracle and the benchmark peer.

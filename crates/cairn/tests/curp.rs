@@ -1,0 +1,380 @@
+//! The native CURP-HO protocol end to end: real `cairn serve` members, the real
+//! `cairn-client`, raw frames for what a well-behaved client never sends.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_client::{Op, Path, Session, SessionConfig};
+use cairn_proto::curppb::{self, client_message, server_message};
+use cairn_proto::etcdserverpb::RangeRequest;
+use cairn_proto::framing;
+use common::cluster::CairnCluster;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put {
+        key: Bytes::from(key.to_string()),
+        value: Bytes::from(value.to_string()),
+    }
+}
+
+fn get(key: &str) -> Op {
+    Op::Get {
+        key: Bytes::from(key.to_string()),
+    }
+}
+
+fn values(result: &curppb::Result) -> Vec<String> {
+    result
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.value).to_string())
+        .collect()
+}
+
+async fn session(cluster: &CairnCluster, bound: usize) -> Session {
+    let endpoints = cluster
+        .members
+        .iter()
+        .map(|m| m.native_endpoint())
+        .collect();
+    Session::connect(SessionConfig {
+        bound,
+        ..SessionConfig::new(endpoints)
+    })
+    .await
+    .expect("native session")
+}
+
+/// What the etcd API of member `index` holds under `key`.
+async fn etcd_value(cluster: &CairnCluster, index: usize, key: &str) -> Option<String> {
+    let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::new(
+        common::channel(&cluster.members[index].endpoint()).await,
+    );
+    let response = kv
+        .range(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("etcd range")
+        .into_inner();
+    response
+        .kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_and_weak_operations_complete_with_curp_ho_semantics() {
+    let cluster = CairnCluster::start(3).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let follower = (leader + 1) % 3;
+    let strong = session(&cluster, follower).await;
+
+    // Non-conflicting strong writes: a superquorum answers ok, so most complete in 1 RTT.
+    let mut fast = 0;
+    for i in 0..20 {
+        let outcome = strong
+            .strong(put(&format!("s{i}"), &format!("v{i}")))
+            .await
+            .expect("strong put");
+        fast += usize::from(outcome.path == Some(Path::Fast));
+    }
+    assert!(
+        fast >= 10,
+        "only {fast} of 20 distinct-key strong puts were fast"
+    );
+    let read = strong.strong(get("s7")).await.expect("strong get");
+    assert_eq!(values(&read.result), ["v7"]);
+
+    // Weak writes: read-your-writes at the bound replica, visible to others once flushed.
+    let weak = session(&cluster, follower).await;
+    weak.weak(put("w", "1")).await.expect("weak put");
+    weak.weak(put("w", "2")).await.expect("weak put");
+    let own = weak.weak(get("w")).await.expect("weak get");
+    assert_eq!(
+        values(&own.result),
+        ["2"],
+        "a session reads its own weak write"
+    );
+    weak.flush().await.expect("flush");
+    let other = session(&cluster, leader).await;
+    let seen = other
+        .strong(get("w"))
+        .await
+        .expect("strong get of a weak write");
+    assert_eq!(values(&seen.result), ["2"]);
+
+    // A scan sees both APIs' writes; native writes are etcd writes.
+    let scan = other
+        .strong(Op::Scan {
+            start: Bytes::from_static(b"s1"),
+            end: Bytes::from_static(b"s2"),
+            limit: 0,
+        })
+        .await
+        .expect("scan");
+    let keys: Vec<_> = scan.result.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(
+        keys,
+        [
+            b"s1".to_vec(),
+            b"s10".to_vec(),
+            b"s11".to_vec(),
+            b"s12".to_vec(),
+            b"s13".to_vec(),
+            b"s14".to_vec(),
+            b"s15".to_vec(),
+            b"s16".to_vec(),
+            b"s17".to_vec(),
+            b"s18".to_vec(),
+            b"s19".to_vec()
+        ]
+    );
+    for index in 0..3 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while etcd_value(&cluster, index, "w").await.as_deref() != Some("2") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "member {index} lacks w"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            etcd_value(&cluster, index, "s19").await.as_deref(),
+            Some("v19")
+        );
+    }
+    let deleted = other
+        .strong(Op::Delete {
+            key: Bytes::from_static(b"s0"),
+        })
+        .await
+        .expect("delete");
+    assert_eq!(deleted.result.deleted, 1);
+}
+
+/// A raw native connection: frames out, frames in.
+struct Raw {
+    stream: TcpStream,
+}
+
+impl Raw {
+    async fn connect(endpoint: &str) -> Raw {
+        Raw {
+            stream: TcpStream::connect(endpoint).await.expect("native connect"),
+        }
+    }
+
+    async fn send(&mut self, message: client_message::Message) {
+        let mut buffer = Vec::new();
+        framing::encode(
+            &curppb::ClientMessage {
+                message: Some(message),
+            },
+            &mut buffer,
+        );
+        self.stream.write_all(&buffer).await.expect("send");
+    }
+
+    async fn send_bytes(&mut self, body: &[u8]) {
+        let mut buffer = (body.len() as u32).to_le_bytes().to_vec();
+        buffer.extend_from_slice(body);
+        self.stream.write_all(&buffer).await.expect("send");
+    }
+
+    async fn receive(&mut self) -> server_message::Message {
+        let read = async {
+            let mut header = [0; 4];
+            self.stream.read_exact(&mut header).await.expect("header");
+            let mut body = vec![0; framing::body_len(header)];
+            self.stream.read_exact(&mut body).await.expect("body");
+            curppb::ServerMessage::decode(body.as_slice())
+                .expect("decodes")
+                .message
+                .expect("a message")
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a reply in time")
+    }
+
+    async fn expect_error(&mut self, code: curppb::Code) -> String {
+        match self.receive().await {
+            server_message::Message::Error(error) => {
+                assert_eq!(error.code, code as i32, "{error:?}");
+                error.message
+            }
+            other => panic!("expected {code:?}, got {other:?}"),
+        }
+    }
+}
+
+fn propose(client_id: u64, seq: u64, op: curppb::op::Op) -> client_message::Message {
+    client_message::Message::Propose(curppb::Propose {
+        command: Some(curppb::Command {
+            id: Some(curppb::CommandId { client_id, seq }),
+            op: Some(curppb::Op { op: Some(op) }),
+            consistency: curppb::Consistency::Strong as i32,
+        }),
+        causal_dep: 0,
+    })
+}
+
+fn raw_put(key: &str, value: Vec<u8>) -> curppb::op::Op {
+    curppb::op::Op::Put(curppb::Put {
+        key: key.as_bytes().to_vec(),
+        value,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_apply_once_and_bad_input_gets_clear_errors() {
+    let cluster = CairnCluster::start(3).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let mut raw = Raw::connect(&cluster.members[leader].native_endpoint()).await;
+    let client = 0x5eed;
+
+    // Two writes, each ordered by the leader and then applied.
+    for (seq, value) in [(1, "first"), (2, "second")] {
+        raw.send(propose(client, seq, raw_put("once", value.into())))
+            .await;
+        let mut synced = false;
+        while !synced {
+            match raw.receive().await {
+                server_message::Message::LeaderReply(reply) => {
+                    assert_eq!(reply.id.map(|id| id.seq), Some(seq));
+                }
+                server_message::Message::SyncReply(reply) => {
+                    assert_eq!(reply.id.map(|id| id.seq), Some(seq));
+                    synced = true;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    // The retry of the latest command is answered from the session table, not re-applied;
+    // an older one is refused as stale, so "first" never comes back.
+    raw.send(propose(client, 2, raw_put("once", "second".into())))
+        .await;
+    assert!(matches!(
+        raw.receive().await,
+        server_message::Message::SyncReply(_)
+    ));
+    raw.send(propose(client, 1, raw_put("once", "first".into())))
+        .await;
+    raw.expect_error(curppb::Code::Stale).await;
+    assert_eq!(
+        etcd_value(&cluster, leader, "once").await.as_deref(),
+        Some("second")
+    );
+
+    // Unknown op, empty key, a weak read of a write, undecodable bytes, an oversized value:
+    // each gets its error, and the connection keeps serving.
+    raw.send(client_message::Message::Propose(curppb::Propose {
+        command: Some(curppb::Command {
+            id: Some(curppb::CommandId {
+                client_id: client,
+                seq: 3,
+            }),
+            op: Some(curppb::Op { op: None }),
+            consistency: 0,
+        }),
+        causal_dep: 0,
+    }))
+    .await;
+    let message = raw.expect_error(curppb::Code::InvalidArgument).await;
+    assert!(message.contains("unknown op"), "{message}");
+    raw.send(propose(client, 3, raw_put("", b"v".to_vec())))
+        .await;
+    let message = raw.expect_error(curppb::Code::InvalidArgument).await;
+    assert!(message.contains("key is not provided"), "{message}");
+    raw.send(client_message::Message::WeakRead(curppb::WeakRead {
+        client_id: client,
+        request_id: 9,
+        op: Some(curppb::Op {
+            op: Some(raw_put("k", b"v".to_vec())),
+        }),
+        min_revision: 0,
+    }))
+    .await;
+    raw.expect_error(curppb::Code::InvalidArgument).await;
+    raw.send_bytes(&[0xff, 0xff, 0xff]).await;
+    raw.expect_error(curppb::Code::InvalidArgument).await;
+    raw.send(propose(client, 3, raw_put("big", vec![7; 2 * 1024 * 1024])))
+        .await;
+    let message = raw.expect_error(curppb::Code::TooLarge).await;
+    assert!(message.contains("request is too large"), "{message}");
+    raw.send(client_message::Message::Hello(curppb::Hello {}))
+        .await;
+    match raw.receive().await {
+        server_message::Message::HelloReply(hello) => assert_eq!(hello.voters, 3),
+        other => panic!("expected a hello reply, got {other:?}"),
+    }
+    assert_eq!(etcd_value(&cluster, leader, "big").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_completed_strong_write_is_lost_when_the_leader_is_killed() {
+    let mut cluster = CairnCluster::start(3).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let mut writers = Vec::new();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for writer in 0..4 {
+        let session = Arc::new(session(&cluster, (leader + 1 + writer) % 3).await);
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut completed = BTreeMap::new();
+            let mut fast = 0;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let key = format!("w{writer}-{i}");
+                if let Ok(outcome) = session.strong(put(&key, &format!("{i}"))).await {
+                    fast += usize::from(outcome.path == Some(Path::Fast));
+                    completed.insert(key, format!("{i}"));
+                }
+                i += 1;
+            }
+            (completed, fast)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.kill9(leader);
+    let survivor = (leader + 1) % 3;
+    let new_leader = cluster.leader(LEADER_WAIT).await;
+    assert_ne!(new_leader, leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut completed = BTreeMap::new();
+    let mut fast = 0;
+    for writer in writers {
+        let (done, fast_here) = writer.await.expect("writer");
+        completed.extend(done);
+        fast += fast_here;
+    }
+    assert!(
+        fast > 0,
+        "no write completed on the fast path before the kill"
+    );
+    assert!(
+        completed.len() > 20,
+        "only {} writes completed",
+        completed.len()
+    );
+    for (key, value) in &completed {
+        assert_eq!(
+            etcd_value(&cluster, survivor, key).await.as_ref(),
+            Some(value),
+            "completed write {key}={value} is lost"
+        );
+    }
+}
