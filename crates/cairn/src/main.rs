@@ -61,6 +61,9 @@ enum BenchCommand {
     /// The ordered log: publish, subscribe and end-to-end figures against the loopback and
     /// memcpy ceilings (and NATS JetStream with --nats).
     Log(cairn_bench::log::run::LogBenchArgs),
+    /// The native CURP-HO protocol: strong/weak op mix, Zipf keys, emulated delay (the
+    /// prototype's knobs); throughput, per-class percentiles, fast/slow paths, per-second series.
+    Curp(cairn_bench::curp::CurpBenchArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -293,6 +296,18 @@ fn main() -> anyhow::Result<()> {
                 .context("cairn bench log")?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(())
+        }),
+        Command::Bench(BenchCommand::Curp(args)) => runtime.block_on(async move {
+            init_logging("warn");
+            let report = cairn_bench::curp::run(&args)
+                .await
+                .context("cairn bench curp")?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
             }
             Ok(())
         }),
