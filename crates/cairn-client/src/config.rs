@@ -14,8 +14,9 @@ pub struct SessionConfig {
     pub retry: Duration,
     /// An operation gives up after this long.
     pub timeout: Duration,
-    /// Emulated one-way delay on each client–replica link, both directions (benchmarks of
-    /// wide-area setups on one host). Messages stay in order.
+    /// Emulated one-way delay on the link to every replica but the bound one, both directions
+    /// (benchmarks of wide-area setups on one host: the client sits next to its bound
+    /// replica). Messages stay in order.
     pub delay: Duration,
 }
 

@@ -225,7 +225,11 @@ impl Session {
             .iter()
             .enumerate()
             .map(|(replica, endpoint)| {
-                Link::start(replica, endpoint.clone(), config.delay, state.clone())
+                let delay = match replica == config.bound {
+                    true => std::time::Duration::ZERO,
+                    false => config.delay,
+                };
+                Link::start(replica, endpoint.clone(), delay, state.clone())
             })
             .collect();
         let client_id = config

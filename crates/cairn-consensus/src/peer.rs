@@ -94,9 +94,10 @@ impl PeerHandler {
                 Ok(PeerResponse::TimeoutNow(raftpb::TimeoutNowResponse {}))
             }
             // A new leader collecting pools for its CURP-HO recovery. The pool is sent whatever
-            // the term: entries carry their own terms, and the leader's plan weighs them.
-            PeerRequest::CurpPool(_) => Ok(PeerResponse::CurpPool(
-                self.shared.native.pool_for_recovery(),
+            // the term (entries carry their own terms, and the leader's plan weighs them); the
+            // witness then answers in that term or later.
+            PeerRequest::CurpPool(request) => Ok(PeerResponse::CurpPool(
+                self.shared.native.pool_for_recovery(request.term),
             )),
             PeerRequest::ReadIndex(_) => {
                 let (read_log_id, _) = self.raft.get_read_log_id().await.map_err(|error| {

@@ -189,6 +189,11 @@ impl Replica {
             .is_initialized()
             .await
             .map_err(|error| OpenError::Raft(error.to_string()))?;
+        if initialized {
+            // Pools live in memory: what this member witnessed before it stopped is gone.
+            let term = raft.metrics().borrow().current_term;
+            shared.native.restarted_in(term);
+        }
         if !initialized && !config.initial_members.is_empty() {
             bootstrap(&raft, &config);
         } else if sole_voter(&raft, config.member_id) {
@@ -321,12 +326,35 @@ impl Replica {
         outcome
     }
 
+    /// Like `propose`, but only if this member leads: never forwarded (a CURP-HO
+    /// `RecoveryDone` belongs to the term of the leader that appends it).
+    pub(crate) async fn propose_as_leader(
+        &self,
+        request: Request,
+        now_unix_ms: i64,
+    ) -> Result<ApplyResponse, ConsensusError> {
+        self.propose_via(request, None, now_unix_ms, usize::MAX, Route::HereOnly)
+            .await
+    }
+
     async fn propose_pending(
         &self,
         request: Request,
         auth: Option<AuthInfo>,
         now_unix_ms: i64,
         max_bytes: usize,
+    ) -> Result<ApplyResponse, ConsensusError> {
+        self.propose_via(request, auth, now_unix_ms, max_bytes, Route::ToLeader)
+            .await
+    }
+
+    async fn propose_via(
+        &self,
+        request: Request,
+        auth: Option<AuthInfo>,
+        now_unix_ms: i64,
+        max_bytes: usize,
+        route: Route,
     ) -> Result<ApplyResponse, ConsensusError> {
         let waits = &self.inner.shared.waits;
         let (proposal_id, result) = waits.register();
@@ -346,7 +374,13 @@ impl Replica {
             return Err(cairn_mvcc::MvccError::RequestTooLarge.into());
         }
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        tokio::time::timeout_at(deadline, self.submit(bytes))
+        let submitted = async {
+            match route {
+                Route::ToLeader => self.submit(bytes).await,
+                Route::HereOnly => self.inner.proposals.submit(bytes).await,
+            }
+        };
+        tokio::time::timeout_at(deadline, submitted)
             .await
             .map_err(|_| ConsensusError::Timeout)??;
         let applied = tokio::time::timeout_at(deadline, result)
@@ -661,6 +695,15 @@ fn bootstrap(raft: &Raft, config: &ReplicaConfig) {
             tracing::debug!(%error, "initialization refused");
         }
     });
+}
+
+/// Where a proposal may be appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Here if this member leads, else forwarded to the leader.
+    ToLeader,
+    /// Here only; fails if this member does not lead.
+    HereOnly,
 }
 
 /// Cancels a proposal's waiter if the proposing future ends early (deadline, dropped client).

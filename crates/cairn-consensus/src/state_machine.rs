@@ -235,6 +235,7 @@ impl StateMachine {
 
     fn apply_entry(&mut self, store: &mut KvStore, entry: Entry) {
         let index = entry.log_id.index;
+        let term = entry.log_id.leader_id.term;
         match entry.payload {
             EntryPayload::Normal(proposal) => {
                 let requests = decode_batch(&proposal.0);
@@ -262,7 +263,7 @@ impl StateMachine {
                     } else {
                         None
                     };
-                    native.after_apply(store, request, admission, result.as_ref());
+                    native.after_apply(store, term, request, admission, result.as_ref());
                     if let Some(result) = result {
                         if request.origin_member == self.shared.member_id {
                             self.shared.waits.complete(request.proposal_id, result);

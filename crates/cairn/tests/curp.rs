@@ -378,3 +378,104 @@ async fn no_completed_strong_write_is_lost_when_the_leader_is_killed() {
         );
     }
 }
+
+/// With 25 ms one-way delay on every peer link and on the client's links to the replicas it
+/// is not bound to (RTT 50 ms): a non-conflicting strong write completes on the fast path in
+/// about one RTT, a conflicting one on the slow path in about two, and weak operations at the
+/// bound replica in well under one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_wide_area_latency_shows_one_rtt_fast_path_and_two_rtt_slow_path() {
+    const ONE_WAY: Duration = Duration::from_millis(25);
+    const RTT: Duration = Duration::from_millis(50);
+    let cluster = CairnCluster::start_with(3, &["--experimental-peer-delay", "25ms"]).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let bound = (leader + 1) % 3;
+    let endpoints: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.native_endpoint())
+        .collect();
+    let connect = |client_id| {
+        Session::connect(SessionConfig {
+            bound,
+            client_id: Some(client_id),
+            delay: ONE_WAY,
+            ..SessionConfig::new(endpoints.clone())
+        })
+    };
+    let (first, second) = (
+        connect(1).await.expect("session"),
+        connect(2).await.expect("session"),
+    );
+
+    let mut fast = Vec::new();
+    for i in 0..10 {
+        let started = tokio::time::Instant::now();
+        let outcome = first
+            .strong(put(&format!("far{i}"), "v"))
+            .await
+            .expect("put");
+        if outcome.path == Some(Path::Fast) {
+            fast.push(started.elapsed());
+        }
+    }
+    assert!(
+        fast.len() >= 8,
+        "only {} of 10 non-conflicting puts were fast",
+        fast.len()
+    );
+    fast.sort();
+    let median = fast[fast.len() / 2];
+    assert!(
+        median >= RTT && median < RTT * 3 / 2,
+        "fast-path median {median:?} is not about one RTT ({RTT:?})"
+    );
+
+    // Two sessions write one key at once: the later is ordered behind an unapplied
+    // conflicting entry, so it waits for the commit.
+    let mut slow = Vec::new();
+    for i in 0..5 {
+        let key = format!("hot{i}");
+        let timed = |session: &Session| {
+            let op = put(&key, "v");
+            async move {
+                let started = tokio::time::Instant::now();
+                let outcome = session.strong(op).await.expect("put");
+                (outcome.path, started.elapsed())
+            }
+        };
+        let (a, b) = tokio::join!(timed(&first), timed(&second));
+        slow.extend(
+            [a, b]
+                .into_iter()
+                .filter(|(path, _)| *path == Some(Path::Slow)),
+        );
+    }
+    assert!(
+        slow.len() >= 4,
+        "conflicting puts rarely took the slow path: {slow:?}"
+    );
+    for (_, latency) in &slow {
+        assert!(
+            *latency >= RTT * 2 - Duration::from_millis(5),
+            "a slow-path put took {latency:?}, under two RTTs"
+        );
+    }
+
+    let weak = connect(3).await.expect("session");
+    let mut weak_latencies = Vec::new();
+    for i in 0..10 {
+        let started = tokio::time::Instant::now();
+        weak.weak(put(&format!("near{i}"), "v"))
+            .await
+            .expect("weak put");
+        weak.weak(get(&format!("near{i}"))).await.expect("weak get");
+        weak_latencies.push(started.elapsed() / 2);
+    }
+    weak_latencies.sort();
+    let median = weak_latencies[weak_latencies.len() / 2];
+    assert!(
+        median < RTT / 5,
+        "weak operations at the bound replica take {median:?}, not well under one RTT"
+    );
+}

@@ -65,7 +65,8 @@ pub struct CurpBenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
-    /// Emulated one-way delay in ms on every client–replica link.
+    /// Emulated one-way delay in ms on every client–replica link but the bound replica's (the
+    /// client sits next to it); start the members with `--experimental-peer-delay` too.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
     /// Seed of the operation and key draws.

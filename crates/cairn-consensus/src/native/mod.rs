@@ -11,6 +11,9 @@
 //!  apply ─► session table (exactly once) ─► pool entry removed ─► sync waiters: SyncReply
 //! ```
 //!
+//! `after_apply` learns each entry's raft term, so a `RecoveryDone(T)` counts only in an entry
+//! of term T.
+//!
 //! Locks, always taken in this order: the store (read or write), `sessions`, `pool`, `syncs`.
 //! Apply holds the store's write lock while it records sessions and empties pools, so a leader
 //! holding the read lock sees a pool and a store that agree: a command missing from the pool
@@ -64,6 +67,16 @@ pub struct NativeState {
     serving: watch::Sender<Term>,
     /// The newest `RecoveryDone(T)` applied here.
     recovered: watch::Sender<Term>,
+    /// Set when the member restarted in term T: its pool lost what it held before, so it
+    /// does not count for a recovery until it applies a `RecoveryDone` of a later term (a
+    /// recovery that did not need it settled everything pooled before).
+    amnesiac_through: std::sync::atomic::AtomicU64,
+    /// The highest term a new leader collected this member's pool for. The pool is handed
+    /// over and this raised under the pool lock, and witness replies carry at least this
+    /// term: a command pooled after the hand-over can no longer complete on the fast path
+    /// of an older term, which the collected pool would not show. (Raft's own term may lag:
+    /// metrics are updated after the vote is stored.)
+    witness_term: std::sync::atomic::AtomicU64,
 }
 
 /// What apply does with one request of an entry.
@@ -118,7 +131,20 @@ impl NativeState {
             syncs: Mutex::new(HashMap::new()),
             serving: watch::channel(0).0,
             recovered: watch::channel(0).0,
+            amnesiac_through: std::sync::atomic::AtomicU64::new(0),
+            witness_term: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// This member restarted with its raft in `term`: its pool is incomplete until a later
+    /// term's recovery is applied.
+    pub(crate) fn restarted_in(&self, term: Term) {
+        self.amnesiac_through.store(term.max(1), Ordering::Release);
+    }
+
+    /// Whether this member's pool holds everything it witnessed that is not settled.
+    pub fn pool_complete(&self) -> bool {
+        self.amnesiac_through.load(Ordering::Acquire) == 0
     }
 
     /// Replaces the session table (a snapshot was installed).
@@ -196,6 +222,7 @@ impl NativeState {
     pub(crate) fn after_apply(
         &self,
         store: &KvStore,
+        entry_term: Term,
         request: &InternalRequest,
         admission: &Admission,
         result: Option<&Result<ApplyResponse, MvccError>>,
@@ -210,6 +237,16 @@ impl NativeState {
                     let _ = waiter.send(outcome.clone());
                 }
             }
+            // Only the leader of term T may close T's recovery: a marker that reached the log
+            // in another term (forwarded, or a bug) would drop pool entries the current
+            // leader's recovery has not settled.
+            Some(Request::CurpRecoveryDone(done)) if done.term != entry_term => {
+                tracing::warn!(
+                    marker = done.term,
+                    entry_term,
+                    "RecoveryDone of another term ignored"
+                );
+            }
             Some(Request::CurpRecoveryDone(done)) => {
                 lock(&self.pool).drop_before_term(done.term);
                 let now_ms = u64::try_from(request.now_unix_ms).unwrap_or(0);
@@ -220,6 +257,10 @@ impl NativeState {
                     .is_empty()
                 {
                     self.sessions_dirty.store(true, Ordering::Release);
+                }
+                let amnesiac = self.amnesiac_through.load(Ordering::Acquire);
+                if amnesiac != 0 && done.term > amnesiac {
+                    self.amnesiac_through.store(0, Ordering::Release);
                 }
                 self.recovered.send_if_modified(|recovered| {
                     let newer = done.term > *recovered;

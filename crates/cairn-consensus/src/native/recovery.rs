@@ -22,6 +22,8 @@ use prost::Message;
 use tracing::{info, warn};
 
 use super::convert::{command_to_pb, pool_entry_from_pb, pool_entry_to_pb};
+use std::sync::atomic::Ordering;
+
 use super::{lock, NativeState};
 use crate::curp::{PoolEntry, Quorums, RecoveryPlan, SessionCheck, Term};
 use crate::error::ConsensusError;
@@ -109,14 +111,38 @@ async fn recover(replica: &Replica, term: Term) -> Result<usize, RecoveryFailed>
         .voter_ids()
         .collect();
     let quorums = Quorums::new(voters.len().max(1));
-    let pools = collect_pools(replica, term, &voters, quorums.majority).await;
+    let collected = collect_pools(replica, term, &voters, quorums.majority).await;
+    let mut pools = collected.complete;
     if pools.len() < quorums.majority {
-        return Err(RecoveryFailed::TooFewPools {
-            got: pools.len(),
-            majority: quorums.majority,
-        });
+        if collected.incomplete.len() + pools.len() < voters.len() {
+            return Err(RecoveryFailed::TooFewPools {
+                got: pools.len(),
+                majority: quorums.majority,
+            });
+        }
+        // Every voter answered, but too many lost their pools in restarts for the
+        // recover-quorum argument: more failures than CURP-HO tolerates. Go on (their
+        // pools count as empty) rather than stop native service for good.
+        warn!(
+            term,
+            complete = pools.len(),
+            "recovering with fewer complete pools than a majority: commands that completed \
+             on the fast path and were not committed before the restarts may be lost"
+        );
+        for member in collected.incomplete {
+            pools.entry(member).or_default();
+        }
     }
+    // The plan wants the leader's pool; an incomplete one counts for nothing.
+    pools.entry(inner.id).or_default();
     let plan = RecoveryPlan::compute(&quorums, term, inner.id, &pools, &BTreeSet::new())?;
+    tracing::debug!(
+        member = inner.id,
+        term,
+        pools = ?pools.iter().map(|(member, pool)| (*member, pool.len())).collect::<Vec<_>>(),
+        plan = ?plan.commands.iter().map(|command| command.id).collect::<Vec<_>>(),
+        "recovery plan"
+    );
     let now_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -144,9 +170,7 @@ async fn recover(replica: &Replica, term: Term) -> Result<usize, RecoveryFailed>
         }
     }
     let marker = Request::CurpRecoveryDone(curppb::RecoveryDone { term });
-    replica
-        .propose(marker, None, now_unix_ms, usize::MAX)
-        .await?;
+    replica.propose_as_leader(marker, now_unix_ms).await?;
     if inner.raft.metrics().borrow().current_term != term {
         return Err(RecoveryFailed::TermEnded(term));
     }
@@ -157,20 +181,38 @@ async fn recover(replica: &Replica, term: Term) -> Result<usize, RecoveryFailed>
     Ok(recovered)
 }
 
-/// This member's pool and those of the other voters, until a majority answered or the
-/// collection timed out.
+/// The pools a new leader collected.
+struct Collected {
+    /// Complete pools by member.
+    complete: BTreeMap<MemberId, Vec<PoolEntry>>,
+    /// Members that answered with a pool incomplete since their restart (this one included).
+    incomplete: Vec<MemberId>,
+}
+
+/// This member's pool and those of the other voters, until a majority of complete pools
+/// answered, every voter answered, or the collection timed out.
 async fn collect_pools(
     replica: &Replica,
     term: Term,
     voters: &[MemberId],
     majority: usize,
-) -> BTreeMap<MemberId, Vec<PoolEntry>> {
+) -> Collected {
     let inner = &replica.inner;
-    let mut pools = BTreeMap::new();
-    pools.insert(
-        inner.id,
-        lock(&replica.native().pool).entries_for_recovery(),
-    );
+    let mut collected = Collected {
+        complete: BTreeMap::new(),
+        incomplete: Vec::new(),
+    };
+    let own = replica.native().pool_for_recovery(term);
+    match own.complete {
+        true => {
+            let entries = own
+                .entries
+                .iter()
+                .filter_map(|e| pool_entry_from_pb(e).ok());
+            collected.complete.insert(inner.id, entries.collect());
+        }
+        false => collected.incomplete.push(inner.id),
+    }
     let mut calls: FuturesUnordered<_> = voters
         .iter()
         .filter(|voter| **voter != inner.id)
@@ -181,18 +223,22 @@ async fn collect_pools(
         .collect();
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(CURP_POOL_COLLECT_TIMEOUT_MS);
-    while pools.len() < majority {
+    while collected.complete.len() < majority {
         let Ok(Some((voter, answer))) = tokio::time::timeout_at(deadline, calls.next()).await
         else {
             break;
         };
         match answer {
+            Ok(PeerResponse::CurpPool(response)) if !response.complete => {
+                tracing::debug!(voter, "pool incomplete since a restart; not counted");
+                collected.incomplete.push(voter);
+            }
             Ok(PeerResponse::CurpPool(response)) => {
                 let entries: Result<Vec<PoolEntry>, _> =
                     response.entries.iter().map(pool_entry_from_pb).collect();
                 match entries {
                     Ok(entries) => {
-                        pools.insert(voter, entries);
+                        collected.complete.insert(voter, entries);
                     }
                     Err(error) => warn!(voter, %error, "undecodable pool; not counted"),
                 }
@@ -201,18 +247,22 @@ async fn collect_pools(
             Err(error) => tracing::debug!(voter, %error, "pool request failed"),
         }
     }
-    pools
+    collected
 }
 
 impl NativeState {
-    /// This member's pool as a new leader of `term` collects it.
-    pub(crate) fn pool_for_recovery(&self) -> curppb::PoolResponse {
+    /// This member's pool as a new leader of `term` collects it; from now on its witness
+    /// replies carry `term` or later.
+    pub(crate) fn pool_for_recovery(&self, term: Term) -> curppb::PoolResponse {
+        let pool = lock(&self.pool);
+        self.witness_term.fetch_max(term, Ordering::AcqRel);
         curppb::PoolResponse {
-            entries: lock(&self.pool)
+            entries: pool
                 .entries_for_recovery()
                 .iter()
                 .map(pool_entry_to_pb)
                 .collect(),
+            complete: self.pool_complete(),
         }
     }
 }

@@ -180,6 +180,7 @@ impl Replica {
         // conflicts.
         let ok = pooled_ok && inner.proposals.generic_pending() == 0;
         let result = if ok { speculate(&store, &op) } else { None };
+        tracing::debug!(member = inner.id, ?id, term, ok, "ordered");
         let sync = SyncWait(native.wait_sync(id));
         // Queued now, under the locks: the log order is the order replies were decided in.
         drop(inner.proposals.enqueue_native(bytes));
@@ -199,9 +200,15 @@ impl Replica {
         if let Some(applied) = applied_before(&store, sessions.check(command.id), &command)? {
             return Ok(ProposeReply::Applied(applied));
         }
-        let ok = lock(&native.pool)
-            .witness(command, term)
-            .map_err(witness_error)?;
+        let mut pool = lock(&native.pool);
+        let term = term.max(
+            native
+                .witness_term
+                .load(std::sync::atomic::Ordering::Acquire),
+        );
+        let id = command.id;
+        let ok = pool.witness(command, term).map_err(witness_error)?;
+        tracing::debug!(member = self.inner.id, ?id, term, ok, "witnessed");
         Ok(ProposeReply::Witness { term, ok })
     }
 

@@ -75,6 +75,8 @@ pub struct CairnCluster {
     initial_cluster: String,
     _dir: tempfile::TempDir,
     changes: watch::Receiver<u64>,
+    /// Flags every member gets (`start_with`).
+    extra_args: Vec<String>,
 }
 
 fn member_ip(index: usize) -> Ipv4Addr {
@@ -84,6 +86,11 @@ fn member_ip(index: usize) -> Ipv4Addr {
 impl CairnCluster {
     /// Starts `size` members as a new cluster and waits until they all answer.
     pub async fn start(size: usize) -> CairnCluster {
+        CairnCluster::start_with(size, &[]).await
+    }
+
+    /// Like `start`, with more `cairn serve` flags for every member.
+    pub async fn start_with(size: usize, extra_args: &[&str]) -> CairnCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let (sender, changes) = watch::channel(0);
         let links = Links::default();
@@ -92,6 +99,7 @@ impl CairnCluster {
             members: Vec::new(),
             links,
             initial_cluster: String::new(),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             _dir: dir,
             changes,
         };
@@ -145,6 +153,7 @@ impl CairnCluster {
 
     fn spawn(&mut self, index: usize, state: &'static str) {
         let initial_cluster = self.initial_cluster.clone();
+        let extra_args = self.extra_args.clone();
         let member = &mut self.members[index];
         member.state = state;
         let client = member.endpoint();
@@ -170,6 +179,7 @@ impl CairnCluster {
             .args(["--snapshot-count", "2000"])
             .args(["--log-level", "warn", "--log-listen="])
             .args(["--listen-native-addr", &member.native_endpoint()])
+            .args(&extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
