@@ -93,6 +93,7 @@ impl Dispatch for State {
             Message::LeaderReply(leader) => self.absorb(
                 leader.id.as_ref(),
                 Reply::Leader {
+                    replica: leader.member_id,
                     term: leader.term,
                     ok: leader.ok,
                     result: leader.result.unwrap_or_default(),

@@ -29,3 +29,7 @@ pub const CURP_SESSION_IDLE_MS: u64 = 60 * 60 * 1000;
 
 /// How long a new leader waits for the pools of a majority before it tries again.
 pub const CURP_POOL_COLLECT_TIMEOUT_MS: u64 = 2_000;
+
+/// Recovery attempts that insist on a majority of complete pools before a majority of
+/// answers, complete or not, is accepted (see `native::recovery`).
+pub const CURP_RECOVERY_STRICT_ATTEMPTS: u32 = 5;

@@ -168,6 +168,11 @@ impl LogStore {
     }
 
     /// A handle to the WAL, to close it and read its counters after openraft took the store.
+    /// The term of the stored vote (0: none): the highest term this member ever entered.
+    pub fn vote_term(&self) -> u64 {
+        self.hard_state.vote.as_ref().map_or(0, |vote| vote.term)
+    }
+
     pub fn wal(&self) -> Wal {
         self.wal.clone()
     }

@@ -140,6 +140,7 @@ impl Replica {
         transport: Arc<dyn Transport>,
     ) -> Result<(Replica, PeerHandler), OpenError> {
         let log_store = LogStore::open(&config.member_dir, config.synchronous_io)?;
+        let vote_term = log_store.vote_term();
         let wal = log_store.wal();
         let metrics = Arc::new(ConsensusMetrics::new(log_store.committed_index()));
         let snapshots = SnapshotStore::open(&config.member_dir.join("snap"))?;
@@ -191,8 +192,7 @@ impl Replica {
             .map_err(|error| OpenError::Raft(error.to_string()))?;
         if initialized {
             // Pools live in memory: what this member witnessed before it stopped is gone.
-            let term = raft.metrics().borrow().current_term;
-            shared.native.restarted_in(term);
+            shared.native.restarted_in(vote_term);
         }
         if !initialized && !config.initial_members.is_empty() {
             bootstrap(&raft, &config);

@@ -91,6 +91,8 @@ struct AppliedState {
     membership: StoredMembership,
     /// The CURP-HO session table's encoding (empty: no session yet).
     curp_sessions: Bytes,
+    /// The newest `RecoveryDone` term applied.
+    curp_recovered_term: u64,
 }
 
 impl AppliedState {
@@ -101,6 +103,7 @@ impl AppliedState {
             membership_log_id,
             membership,
             curp_sessions: self.curp_sessions.to_vec(),
+            curp_recovered_term: self.curp_recovered_term,
         };
         Bytes::from(state.encode_to_vec())
     }
@@ -114,6 +117,7 @@ impl AppliedState {
             last_applied: wire::option_log_id_from_pb(&state.last_applied),
             membership,
             curp_sessions: Bytes::from(state.curp_sessions),
+            curp_recovered_term: state.curp_recovered_term,
         })
     }
 
@@ -219,7 +223,7 @@ impl StateMachine {
                 member_id,
                 metrics,
                 requests_applied: AtomicU64::new(0),
-                native: NativeState::new(sessions),
+                native: NativeState::new(sessions, applied.curp_recovered_term),
             }),
             snapshots: Arc::new(snapshots),
             applied,
@@ -309,6 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(sessions) = shared.native.take_dirty_sessions() {
             self.applied.curp_sessions = sessions;
         }
+        self.applied.curp_recovered_term = shared.native.recovered_term();
         store.set_consensus_state(self.applied.encode());
         let index = self.applied.last_applied.map_or(0, |log_id| log_id.index);
         shared.publish(&store, index);
@@ -366,7 +371,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut current = self.shared.store_mut();
             *current = store;
-            self.shared.native.restore(sessions);
+            self.shared
+                .native
+                .restore(sessions, applied.curp_recovered_term);
             self.shared.publish(&current, index);
         }
         self.applied = applied;

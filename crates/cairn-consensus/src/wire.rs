@@ -250,6 +250,7 @@ pub fn install_snapshot_request_to_pb(
                 membership,
                 // Snapshot meta only: the sessions travel inside the snapshot data.
                 curp_sessions: Vec::new(),
+                curp_recovered_term: 0,
             }),
             snapshot_id: request.meta.snapshot_id.clone(),
         }),

@@ -48,6 +48,9 @@ const KEYS: u64 = CLIENTS * OPS_PER_CLIENT;
 const RETRY: Duration = Duration::from_millis(400);
 const OP_TIMEOUT: Duration = Duration::from_secs(6);
 const CONVERGE_BUDGET: Duration = Duration::from_secs(60);
+/// Prefix of a liveness failure (no leader, or a restarted member's pool never complete
+/// again within the budget), told apart from safety violations.
+const LIVENESS: &str = "liveness: ";
 
 type Members = Arc<Mutex<BTreeMap<u64, Option<Replica>>>>;
 
@@ -141,6 +144,7 @@ async fn run_command(
                         sync,
                     } => {
                         let _ = replies.send(Reply::Leader {
+                            replica: id,
                             term,
                             ok,
                             result: result.unwrap_or_default(),
@@ -307,7 +311,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     };
     let client_drop = rng.gen_range(0..50);
     let mut cluster = SimCluster::start(size, seed, Faults::default()).await;
-    cluster.wait_converged(CONVERGE_BUDGET).await?;
+    cluster
+        .wait_converged(CONVERGE_BUDGET)
+        .await
+        .map_err(|reason| format!("{LIVENESS}{reason}"))?;
     cluster.network.set_faults(faults);
     let members: Members = Arc::new(Mutex::new(cluster.replicas.clone()));
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -332,7 +339,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         let settled = Instant::now() + CONVERGE_BUDGET;
         while !cluster.up().iter().all(|(_, r)| r.native().pool_complete()) {
             if Instant::now() > settled {
-                return Err("a restarted member's pool never became complete".to_string());
+                return Err(format!(
+                    "{LIVENESS}a restarted member's pool never became complete"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -361,7 +370,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     }
     cluster.network.set_faults(Faults::default());
     cluster.network.heal();
-    cluster.wait_converged(CONVERGE_BUDGET).await?;
+    cluster
+        .wait_converged(CONVERGE_BUDGET)
+        .await
+        .map_err(|reason| format!("{LIVENESS}{reason}"))?;
 
     let mut hashes = std::collections::BTreeSet::new();
     for (id, replica) in cluster.up() {
@@ -439,13 +451,13 @@ async fn fast_path_results_survive_leader_crashes_and_nothing_applies_twice() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-    let mut failures = Vec::new();
+    let (mut failures, mut stalls) = (Vec::new(), Vec::new());
     let mut fast_total = 0;
     let first = std::env::var("CAIRN_SIM_FIRST")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    let seeds = seeds(first, 40);
+    let seeds = seeds(first, 400);
     for &seed in &seeds {
         match run_seed(seed).await {
             Ok(summary) => {
@@ -455,10 +467,21 @@ async fn fast_path_results_survive_leader_crashes_and_nothing_applies_twice() {
             }
             Err(reason) => {
                 eprintln!("seed={seed} FAILED: {reason}\n  replay: CAIRN_SIM_SEED={seed} cargo test -p cairn-consensus --test curp_simulation");
-                failures.push(seed);
+                match reason.starts_with(LIVENESS) {
+                    true => stalls.push(seed),
+                    false => failures.push(seed),
+                }
             }
         }
     }
+    eprintln!("{} seeds, liveness stalls: {stalls:?}", seeds.len());
+    // Rare stalls are known (see `simulation.rs` on openraft's unseeded election timers, and
+    // the issue note on incomplete pools); more than one seed in 200 is a regression.
+    assert!(
+        stalls.len() <= seeds.len() / 200,
+        "liveness: {} seeds stalled: {stalls:?}",
+        stalls.len()
+    );
     assert!(
         failures.is_empty(),
         "CURP-HO safety violated, seeds: {failures:?}"

@@ -17,6 +17,8 @@ use super::{ReplicaId, Term};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply<R> {
     Leader {
+        /// The member that answered as leader.
+        replica: ReplicaId,
         term: Term,
         ok: bool,
         result: R,
@@ -82,8 +84,13 @@ impl<R: Clone> Completion<R> {
                 path: Path::Slow,
                 result,
             }),
-            Reply::Leader { term, ok, result } => {
-                self.absorb_leader(LeaderVote { term, ok }, result);
+            Reply::Leader {
+                replica,
+                term,
+                ok,
+                result,
+            } => {
+                self.absorb_leader(LeaderVote { replica, term, ok }, result);
                 self.fast_path()
             }
             Reply::Witness { replica, term, ok } => {
@@ -124,7 +131,12 @@ mod tests {
     use super::*;
 
     fn leader(term: Term, ok: bool, result: &'static str) -> Reply<&'static str> {
-        Reply::Leader { term, ok, result }
+        Reply::Leader {
+            replica: 1,
+            term,
+            ok,
+            result,
+        }
     }
 
     fn witness(replica: ReplicaId, term: Term, ok: bool) -> Reply<&'static str> {
@@ -203,8 +215,14 @@ mod tests {
         let mut op = Completion::new(Quorums::new(3));
         assert_eq!(op.absorb(leader(1, true, "old")), None);
         assert_eq!(op.absorb(witness(2, 1, true)), None);
-        // Failover: the retry reaches the new leader of term 2.
-        assert_eq!(op.absorb(leader(2, true, "new")), None);
+        // Failover: the retry reaches the new leader of term 2, replica 2.
+        let new_leader = Reply::Leader {
+            replica: 2,
+            term: 2,
+            ok: true,
+            result: "new",
+        };
+        assert_eq!(op.absorb(new_leader), None);
         assert_eq!(
             op.absorb(witness(3, 1, true)),
             None,

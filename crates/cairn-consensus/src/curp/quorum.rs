@@ -83,6 +83,8 @@ impl Quorums {
 /// The leader's reply to a strong proposal, as the fast-path rule sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaderVote {
+    /// The member that answered as leader.
+    pub replica: ReplicaId,
     pub term: Term,
     pub ok: bool,
 }
@@ -100,8 +102,9 @@ pub struct WitnessVote {
 /// however many replies it sent. A witness of another term never counts: that is what stops a
 /// deposed leader's answer from completing (its witnesses have moved on to the new term).
 ///
-/// The leader itself never appears among same-term witness replies: Raft has at most one
-/// leader per term and it does not witness in its own term.
+/// A witness reply from the leader's own member never counts, even in the leader's term: a
+/// leader that restarts (or steps down) without a term change answers retries as a witness
+/// of that same term, and one member must not make two votes of a superquorum.
 pub fn fast_path_reached(
     quorums: &Quorums,
     leader: LeaderVote,
@@ -112,7 +115,7 @@ pub fn fast_path_reached(
     }
     let agreeing: BTreeSet<ReplicaId> = witnesses
         .into_iter()
-        .filter(|vote| vote.ok && vote.term == leader.term)
+        .filter(|vote| vote.ok && vote.term == leader.term && vote.replica != leader.replica)
         .map(|vote| vote.replica)
         .collect();
     agreeing.len() + 1 >= quorums.superquorum
@@ -185,7 +188,11 @@ mod tests {
         }
     }
 
-    const LEADER_OK: LeaderVote = LeaderVote { term: 7, ok: true };
+    const LEADER_OK: LeaderVote = LeaderVote {
+        replica: 1,
+        term: 7,
+        ok: true,
+    };
 
     #[test]
     fn fast_path_needs_superquorum_with_leader() {
@@ -208,9 +215,25 @@ mod tests {
     #[test]
     fn fast_path_needs_leader_ok() {
         let q3 = Quorums::new(3);
-        let leader = LeaderVote { term: 7, ok: false };
+        let leader = LeaderVote {
+            replica: 1,
+            term: 7,
+            ok: false,
+        };
         assert!(!fast_path_reached(&q3, leader, [ok(2, 7), ok(3, 7)]));
         assert!(!fast_path_reached(&Quorums::new(1), leader, []));
+    }
+
+    #[test]
+    fn the_leaders_own_witness_reply_never_counts() {
+        let q3 = Quorums::new(3);
+        // Member 1 led term 7, restarted still in term 7 and witnessed a retry.
+        assert!(!fast_path_reached(&q3, LEADER_OK, [ok(1, 7), ok(2, 7)]));
+        assert!(fast_path_reached(
+            &q3,
+            LEADER_OK,
+            [ok(1, 7), ok(2, 7), ok(3, 7)]
+        ));
     }
 
     #[test]

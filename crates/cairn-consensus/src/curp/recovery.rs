@@ -379,7 +379,11 @@ mod tests {
             });
             pools.insert(replica, pool.entries_for_recovery());
         }
-        let leader_y = LeaderVote { term: 1, ok: true };
+        let leader_y = LeaderVote {
+            replica: 1,
+            term: 1,
+            ok: true,
+        };
         assert!(fast_path_reached(&q, leader_y, votes), "Y completed fast");
         // The deposed leader's pool: its unapplied log entries with its own answers.
         pools.insert(1, vec![pooled(&y, true), pooled(&x, false)]);
@@ -749,6 +753,7 @@ mod tests {
             .filter(|&i| log[i].consistency == Consistency::Strong)
             .filter(|&i| {
                 let leader = LeaderVote {
+                    replica: 0,
                     term: 1,
                     ok: leader_ok[i],
                 };

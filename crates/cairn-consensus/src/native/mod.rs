@@ -123,14 +123,14 @@ fn logged_id(command: &curppb::Command) -> CommandId {
 }
 
 impl NativeState {
-    pub(crate) fn new(sessions: SessionTable) -> NativeState {
+    pub(crate) fn new(sessions: SessionTable, recovered_term: Term) -> NativeState {
         NativeState {
             sessions: Mutex::new(sessions),
             sessions_dirty: AtomicBool::new(false),
             pool: Mutex::new(WitnessPool::new()),
             syncs: Mutex::new(HashMap::new()),
             serving: watch::channel(0).0,
-            recovered: watch::channel(0).0,
+            recovered: watch::channel(recovered_term).0,
             amnesiac_through: std::sync::atomic::AtomicU64::new(0),
             witness_term: std::sync::atomic::AtomicU64::new(0),
         }
@@ -147,10 +147,30 @@ impl NativeState {
         self.amnesiac_through.load(Ordering::Acquire) == 0
     }
 
-    /// Replaces the session table (a snapshot was installed).
-    pub(crate) fn restore(&self, sessions: SessionTable) {
+    /// Replaces the session table and the recovered term (a snapshot was installed).
+    pub(crate) fn restore(&self, sessions: SessionTable, recovered_term: Term) {
         *lock(&self.sessions) = sessions;
         self.sessions_dirty.store(false, Ordering::Release);
+        self.recovered_through(recovered_term);
+    }
+
+    /// The newest `RecoveryDone` term applied here.
+    pub(crate) fn recovered_term(&self) -> Term {
+        *self.recovered.borrow()
+    }
+
+    /// A `RecoveryDone(term)` is applied (or arrived inside a snapshot): a later term's
+    /// recovery than this member's restart makes its pool complete again.
+    fn recovered_through(&self, term: Term) {
+        let amnesiac = self.amnesiac_through.load(Ordering::Acquire);
+        if amnesiac != 0 && term > amnesiac {
+            self.amnesiac_through.store(0, Ordering::Release);
+        }
+        self.recovered.send_if_modified(|recovered| {
+            let newer = term > *recovered;
+            *recovered = (*recovered).max(term);
+            newer
+        });
     }
 
     /// The session table's encoding if it changed since the last call.
@@ -258,15 +278,7 @@ impl NativeState {
                 {
                     self.sessions_dirty.store(true, Ordering::Release);
                 }
-                let amnesiac = self.amnesiac_through.load(Ordering::Acquire);
-                if amnesiac != 0 && done.term > amnesiac {
-                    self.amnesiac_through.store(0, Ordering::Release);
-                }
-                self.recovered.send_if_modified(|recovered| {
-                    let newer = done.term > *recovered;
-                    *recovered = (*recovered).max(done.term);
-                    newer
-                });
+                self.recovered_through(done.term);
             }
             _ => {}
         }

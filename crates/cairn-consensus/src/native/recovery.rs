@@ -7,6 +7,14 @@
 //! 4. appends `RecoveryDone(T)` and waits until it applies (every member then drops pool
 //!    entries of older terms), drops its own witness entries, and starts serving T.
 //!
+//! Pools live in memory, so a restarted member's pool is *incomplete* (it does not count)
+//! until it applies a `RecoveryDone` of a term after its restart. A recovery needs a majority
+//! of complete pools; if every voter answered and fewer are complete, or after
+//! `CURP_RECOVERY_STRICT_ATTEMPTS` failed attempts a majority answered at all, it goes on
+//! with a warning: that many lost pools is beyond the f failures CURP-HO tolerates, and
+//! stopping native service for good would be worse (a fast-path command that was not
+//! committed may then be lost).
+//!
 //! It also fails the sync waiters of every command ordered in an older term: those may never
 //! apply, and their clients retry.
 
@@ -27,7 +35,7 @@ use std::sync::atomic::Ordering;
 use super::{lock, NativeState};
 use crate::curp::{PoolEntry, Quorums, RecoveryPlan, SessionCheck, Term};
 use crate::error::ConsensusError;
-use crate::limits::CURP_POOL_COLLECT_TIMEOUT_MS;
+use crate::limits::{CURP_POOL_COLLECT_TIMEOUT_MS, CURP_RECOVERY_STRICT_ATTEMPTS};
 use crate::network::{PeerRequest, PeerResponse};
 use crate::replica::Replica;
 use crate::types::MemberId;
@@ -50,6 +58,7 @@ pub(crate) async fn watch_leadership(replica: Replica) {
     let mut metrics = replica.inner.raft.metrics();
     let native = replica.native();
     let mut seen_term = 0;
+    let mut attempts = 0;
     loop {
         let (term, leading) = {
             let metrics = metrics.borrow_and_update();
@@ -60,11 +69,14 @@ pub(crate) async fn watch_leadership(replica: Replica) {
         };
         if term != seen_term {
             seen_term = term;
+            attempts = 0;
             native.serving.send_replace(0);
             native.fail_syncs();
         }
         if leading && native.serving_term() != term {
-            match recover(&replica, term).await {
+            attempts += 1;
+            let degraded = attempts > CURP_RECOVERY_STRICT_ATTEMPTS;
+            match recover(&replica, term, degraded).await {
                 Ok(recovered) => {
                     info!(
                         term,
@@ -85,7 +97,10 @@ pub(crate) async fn watch_leadership(replica: Replica) {
 }
 
 /// One recovery attempt for `term`; returns how many commands it re-proposed.
-async fn recover(replica: &Replica, term: Term) -> Result<usize, RecoveryFailed> {
+///
+/// `degraded`: strict attempts failed for want of complete pools; a majority of answers,
+/// complete or not, is then enough (see the module doc).
+async fn recover(replica: &Replica, term: Term, degraded: bool) -> Result<usize, RecoveryFailed> {
     let inner = &replica.inner;
     let native = replica.native();
     let mut metrics = inner.raft.metrics();
@@ -114,7 +129,12 @@ async fn recover(replica: &Replica, term: Term) -> Result<usize, RecoveryFailed>
     let collected = collect_pools(replica, term, &voters, quorums.majority).await;
     let mut pools = collected.complete;
     if pools.len() < quorums.majority {
-        if collected.incomplete.len() + pools.len() < voters.len() {
+        let answered = collected.incomplete.len() + pools.len();
+        let enough = match degraded {
+            true => answered >= quorums.majority,
+            false => answered == voters.len(),
+        };
+        if !enough {
             return Err(RecoveryFailed::TooFewPools {
                 got: pools.len(),
                 majority: quorums.majority,
