@@ -379,6 +379,12 @@ async fn no_completed_strong_write_is_lost_when_the_leader_is_killed() {
     }
 }
 
+async fn timed_put(session: &Session, key: &str) -> (Option<Path>, Duration) {
+    let started = tokio::time::Instant::now();
+    let outcome = session.strong(put(key, "v")).await.expect("put");
+    (outcome.path, started.elapsed())
+}
+
 /// With 25 ms one-way delay on every peer link and on the client's links to the replicas it
 /// is not bound to (RTT 50 ms): a non-conflicting strong write completes on the fast path in
 /// about one RTT, a conflicting one on the slow path in about two, and weak operations at the
@@ -387,7 +393,19 @@ async fn no_completed_strong_write_is_lost_when_the_leader_is_killed() {
 async fn emulated_wide_area_latency_shows_one_rtt_fast_path_and_two_rtt_slow_path() {
     const ONE_WAY: Duration = Duration::from_millis(25);
     const RTT: Duration = Duration::from_millis(50);
-    let cluster = CairnCluster::start_with(3, &["--experimental-peer-delay", "25ms"]).await;
+    // Raft's timers must exceed the 50 ms peer RTT (the harness's 50 ms heartbeat would not).
+    let cluster = CairnCluster::start_with(
+        3,
+        &[
+            "--experimental-peer-delay",
+            "25ms",
+            "--heartbeat-interval",
+            "150",
+            "--election-timeout",
+            "1500",
+        ],
+    )
+    .await;
     let leader = cluster.leader(LEADER_WAIT).await;
     let bound = (leader + 1) % 3;
     let endpoints: Vec<String> = cluster
@@ -436,15 +454,7 @@ async fn emulated_wide_area_latency_shows_one_rtt_fast_path_and_two_rtt_slow_pat
     let mut slow = Vec::new();
     for i in 0..5 {
         let key = format!("hot{i}");
-        let timed = |session: &Session| {
-            let op = put(&key, "v");
-            async move {
-                let started = tokio::time::Instant::now();
-                let outcome = session.strong(op).await.expect("put");
-                (outcome.path, started.elapsed())
-            }
-        };
-        let (a, b) = tokio::join!(timed(&first), timed(&second));
+        let (a, b) = tokio::join!(timed_put(&first, &key), timed_put(&second, &key));
         slow.extend(
             [a, b]
                 .into_iter()

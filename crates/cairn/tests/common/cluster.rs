@@ -175,7 +175,12 @@ impl CairnCluster {
             .args(["--initial-advertise-peer-urls", &member.peer_url()])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", state])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(
+                (!extra_args.iter().any(|arg| arg == "--heartbeat-interval"))
+                    .then_some(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--snapshot-count", "2000"])
             .args(["--log-level", "warn", "--log-listen="])
             .args(["--listen-native-addr", &member.native_endpoint()])
