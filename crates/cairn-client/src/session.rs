@@ -195,6 +195,8 @@ pub struct Session {
     next_request: AtomicU64,
     /// Seq of the latest weak write (the next strong op's `causal_dep`).
     last_weak: AtomicU64,
+    /// Seq of the latest write, strong or weak (what `flush` waits for).
+    last_write: AtomicU64,
     /// The highest revision a weak read or flush has shown this session.
     min_revision: AtomicI64,
     /// This session's writes the bound replica has not shown applied yet, by seq, for
@@ -252,6 +254,7 @@ impl Session {
             next_seq: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
             last_weak: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
             min_revision: AtomicI64::new(0),
             unapplied: Mutex::new(BTreeMap::new()),
         })
@@ -327,7 +330,8 @@ impl Session {
     /// Waits until the bound replica has applied every command this session issued (the
     /// durability point of weak writes). Resends unapplied weak writes while it waits.
     pub async fn flush(&self) -> Result<(), ClientError> {
-        let seq = self.next_seq.load(Ordering::Acquire) - 1;
+        // Only writes are in a replica's session table.
+        let seq = self.last_write.load(Ordering::Acquire);
         if seq == 0 {
             return Ok(());
         }
@@ -357,6 +361,7 @@ impl Session {
             consistency,
         };
         if command.writes() {
+            self.last_write.fetch_max(seq, Ordering::AcqRel);
             lock(&self.unapplied).insert(seq, command.clone());
         }
         command

@@ -149,6 +149,9 @@ async fn run_command(
                             ok,
                             result: result.unwrap_or_default(),
                         });
+                        let Some(sync) = sync else {
+                            return;
+                        };
                         if let Ok(result) = sync.await {
                             tokio::time::sleep(delay_back).await;
                             let _ = replies.send(Reply::Sync { result });
@@ -375,17 +378,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         .await
         .map_err(|reason| format!("{LIVENESS}{reason}"))?;
 
-    let mut hashes = std::collections::BTreeSet::new();
-    for (id, replica) in cluster.up() {
-        let store = replica.store();
-        let hash = store
-            .hash_kv(0)
-            .map_err(|error| format!("hash on {id}: {error}"))?;
-        hashes.insert((store.current_revision(), hash.hash));
-    }
-    if hashes.len() != 1 {
-        return Err(format!("members diverged: {hashes:?}"));
-    }
+    cluster.members_agree()?;
     let events = events.lock().expect("events").clone();
     let (mut fast, mut slow, mut lost_in_doubt) = (0, 0, 0);
     for (id, replica) in cluster.up() {

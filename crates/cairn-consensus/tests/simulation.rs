@@ -707,17 +707,7 @@ async fn run_seed(seed: u64) -> Result<(String, Exercised), String> {
         .map_err(|reason| format!("{LIVENESS}{reason}"))?;
 
     tracing::info!("state-machine safety: identical history on every member");
-    let mut hashes = BTreeSet::new();
-    for (id, replica) in cluster.up() {
-        let store = replica.store();
-        let hash = store
-            .hash_kv(0)
-            .map_err(|error| format!("hash on {id}: {error}"))?;
-        hashes.insert((store.current_revision(), hash.hash));
-    }
-    if hashes.len() != 1 {
-        return Err(format!("members diverged: (revision, hash) = {hashes:?}"));
-    }
+    cluster.members_agree()?;
 
     let history = recorder.history();
     let report = cairn_check::check(&history)

@@ -189,6 +189,12 @@ impl WitnessPool {
         );
     }
 
+    /// Whether a pooled command other than `command` itself conflicts with it, without
+    /// pooling it (a leader's check of a strong read, which is never pooled).
+    pub fn conflicts(&self, command: &Command) -> bool {
+        self.conflicts_with_pool(command)
+    }
+
     /// Whether a pooled command other than `command` itself conflicts with it. The indexes
     /// narrow the candidates; [`conflicts`] decides.
     fn conflicts_with_pool(&self, command: &Command) -> bool {

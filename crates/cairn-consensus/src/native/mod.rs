@@ -100,6 +100,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn writes(command: &curppb::Command) -> bool {
+    matches!(
+        command.op.as_ref().and_then(|op| op.op.as_ref()),
+        Some(curppb::op::Op::Put(_) | curppb::op::Op::Delete(_))
+    )
+}
+
 fn native_command(request: &InternalRequest) -> Option<&curppb::Command> {
     match &request.request {
         Some(Request::CurpCommand(command)) => Some(command),
@@ -217,6 +224,10 @@ impl NativeState {
                 let Some(command) = native_command(request) else {
                     return Admission::Apply;
                 };
+                // Reads change nothing: applied whenever they come, never recorded.
+                if !writes(command) {
+                    return Admission::Apply;
+                }
                 let id = logged_id(command);
                 match admitted.get(&id.client_id) {
                     Some(seq) if id.seq == *seq => return Admission::Duplicate(Bytes::new()),
@@ -294,15 +305,14 @@ impl NativeState {
         request: &InternalRequest,
     ) -> SyncResult {
         let op = command.op.as_ref().and_then(|op| op.op.as_ref());
-        let writes = matches!(op, Some(curppb::op::Op::Put(_) | curppb::op::Op::Delete(_)));
+        let writes = writes(command);
         match (admission, result) {
+            // Reads are not in the session table: a retried read is evaluated afresh.
+            (Admission::Apply, Some(Ok(ApplyResponse::Native(result)))) if !writes => {
+                Ok(result.clone())
+            }
             (Admission::Apply, Some(Ok(ApplyResponse::Native(result)))) => {
-                // Reads keep no result: a retried read is evaluated afresh (session.rs).
-                let stored = if writes {
-                    Bytes::from(result.encode_to_vec())
-                } else {
-                    Bytes::new()
-                };
+                let stored = Bytes::from(result.encode_to_vec());
                 let now_ms = u64::try_from(request.now_unix_ms).unwrap_or(0);
                 lock(&self.sessions).record(id, stored, now_ms);
                 self.sessions_dirty.store(true, Ordering::Release);

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::convert::{command_to_pb, op_to_pb, InvalidCommand};
 use super::{lock, NativeState, SyncError, SyncResult};
-use crate::curp::{Command, CommandId, Op, SessionCheck, Term, WitnessError};
+use crate::curp::{Command, CommandId, Consistency, Op, SessionCheck, Term, WitnessError};
 use crate::replica::Replica;
 use crate::types::MemberId;
 
@@ -27,12 +27,14 @@ pub enum ProposeReply {
     /// A witness pooled it; `ok` iff nothing pooled conflicts.
     Witness { term: Term, ok: bool },
     /// The leader ordered it. `ok` iff no earlier unapplied entry conflicts; then `result` is
-    /// its evaluation on the log prefix. `sync` resolves once it is applied.
+    /// its evaluation on the log prefix. `sync` resolves once it is applied; a strong read
+    /// answered `ok` is not logged and has none (it completes when the witnesses confirm the
+    /// term, or its client retries).
     Leader {
         term: Term,
         ok: bool,
         result: Option<curppb::Result>,
-        sync: SyncWait,
+        sync: Option<SyncWait>,
     },
 }
 
@@ -132,6 +134,64 @@ impl Replica {
         self.order(command, term, now_unix_ms, max_bytes)
     }
 
+    /// The leader's side of a strong read: with no conflicting unapplied entry it reads the
+    /// applied state and logs nothing; otherwise it is ordered like a write (slow path).
+    fn order_read(
+        &self,
+        command: Command,
+        term: Term,
+        now_unix_ms: i64,
+        max_bytes: usize,
+    ) -> Result<ProposeReply, NativeError> {
+        let inner = &self.inner;
+        let native = self.native();
+        {
+            let store = inner.shared.store();
+            let pool = lock(&native.pool);
+            let ok = !pool.conflicts(&command) && inner.proposals.generic_pending() == 0;
+            if let Some(result) = ok.then(|| speculate(&store, &command.op)).flatten() {
+                return Ok(ProposeReply::Leader {
+                    term,
+                    ok: true,
+                    result: Some(result),
+                    sync: None,
+                });
+            }
+        }
+        let bytes = self.entry(&command, now_unix_ms, max_bytes)?;
+        let _pool_order = lock(&native.pool);
+        let sync = SyncWait(native.wait_sync(command.id));
+        drop(inner.proposals.enqueue_native(bytes));
+        Ok(ProposeReply::Leader {
+            term,
+            ok: false,
+            result: None,
+            sync: Some(sync),
+        })
+    }
+
+    /// The command's log entry, checked against the size limit.
+    fn entry(
+        &self,
+        command: &Command,
+        now_unix_ms: i64,
+        max_bytes: usize,
+    ) -> Result<Bytes, NativeError> {
+        let entry = InternalRequest {
+            now_unix_ms,
+            origin_member: self.inner.id,
+            // Native results reach clients through sync waiters, not the wait registry.
+            proposal_id: 0,
+            auth: None,
+            request: Some(Request::CurpCommand(command_to_pb(command))),
+        };
+        let bytes = Bytes::from(entry.encode_to_vec());
+        if bytes.len() > max_bytes {
+            return Err(NativeError::TooLarge);
+        }
+        Ok(bytes)
+    }
+
     /// The leader's side: appends the command to the log now and evaluates it on the prefix.
     fn order(
         &self,
@@ -140,23 +200,20 @@ impl Replica {
         now_unix_ms: i64,
         max_bytes: usize,
     ) -> Result<ProposeReply, NativeError> {
-        let inner = &self.inner;
-        let entry = InternalRequest {
-            now_unix_ms,
-            origin_member: inner.id,
-            // Native results reach clients through sync waiters, not the wait registry.
-            proposal_id: 0,
-            auth: None,
-            request: Some(Request::CurpCommand(command_to_pb(&command))),
-        };
-        let bytes = Bytes::from(entry.encode_to_vec());
-        if bytes.len() > max_bytes {
-            return Err(NativeError::TooLarge);
+        if command.consistency == Consistency::Strong && !command.writes() {
+            return self.order_read(command, term, now_unix_ms, max_bytes);
         }
+        let inner = &self.inner;
+        let bytes = self.entry(&command, now_unix_ms, max_bytes)?;
         let native = self.native();
         let store = inner.shared.store();
         let sessions = lock(&native.sessions);
-        if let Some(applied) = applied_before(&store, sessions.check(command.id), &command)? {
+        let check = match command.writes() {
+            true => sessions.check(command.id),
+            // Reads are not in the session table (they apply whenever they come).
+            false => SessionCheck::New,
+        };
+        if let Some(applied) = applied_before(check, &command)? {
             return Ok(ProposeReply::Applied(applied));
         }
         let mut pool = lock(&native.pool);
@@ -170,7 +227,7 @@ impl Replica {
                 term,
                 ok: false,
                 result: None,
-                sync,
+                sync: Some(sync),
             });
         }
         let id = command.id;
@@ -188,16 +245,31 @@ impl Replica {
             term,
             ok: result.is_some(),
             result,
-            sync,
+            sync: Some(sync),
         })
     }
 
-    /// A witness's side: pools the command.
+    /// A witness's side: pools the command. A strong read is not pooled: it changes nothing
+    /// a recovery would have to keep, and the leader alone decides whether it conflicts; the
+    /// witness only confirms its term (which is what stops a deposed leader's answer).
     fn witness(&self, command: Command, term: Term) -> Result<ProposeReply, NativeError> {
         let native = self.native();
-        let store = self.inner.shared.store();
+        if command.consistency == Consistency::Strong && !command.writes() {
+            let _pool_order = lock(&native.pool);
+            let term = term.max(
+                native
+                    .witness_term
+                    .load(std::sync::atomic::Ordering::Acquire),
+            );
+            return Ok(ProposeReply::Witness { term, ok: true });
+        }
         let sessions = lock(&native.sessions);
-        if let Some(applied) = applied_before(&store, sessions.check(command.id), &command)? {
+        let check = match command.writes() {
+            true => sessions.check(command.id),
+            // Reads are not in the session table (they apply whenever they come).
+            false => SessionCheck::New,
+        };
+        if let Some(applied) = applied_before(check, &command)? {
             return Ok(ProposeReply::Applied(applied));
         }
         let mut pool = lock(&native.pool);
@@ -262,17 +334,12 @@ impl Replica {
 
 /// The answer for a command the session table knows: `None` if it is new.
 fn applied_before(
-    store: &KvStore,
     check: SessionCheck,
     command: &Command,
 ) -> Result<Option<curppb::Result>, NativeError> {
     match check {
         SessionCheck::New => Ok(None),
         SessionCheck::Stale => Err(NativeError::Stale(command.id)),
-        // Reads keep no stored result: evaluated afresh, inside the retry's interval.
-        SessionCheck::Duplicate(_) if !command.writes() => {
-            Ok(speculate(store, &command.op).or_else(|| Some(curppb::Result::default())))
-        }
         SessionCheck::Duplicate(stored) => Ok(Some(
             curppb::Result::decode(stored.as_ref()).unwrap_or_default(),
         )),

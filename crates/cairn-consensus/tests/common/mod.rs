@@ -144,6 +144,23 @@ impl SimCluster {
         }
     }
 
+    /// State-machine safety: every running member holds the same history (`HashKV` equal at
+    /// the same revision).
+    pub fn members_agree(&self) -> Result<(), String> {
+        let mut hashes = std::collections::BTreeSet::new();
+        for (id, replica) in self.up() {
+            let store = replica.store();
+            let hash = store
+                .hash_kv(0)
+                .map_err(|error| format!("hash on {id}: {error}"))?;
+            hashes.insert((store.current_revision(), hash.hash));
+        }
+        match hashes.len() {
+            1 => Ok(()),
+            _ => Err(format!("members diverged: (revision, hash) = {hashes:?}")),
+        }
+    }
+
     pub async fn stop(self) {
         for (_, replica) in self.up() {
             replica.halt().await;

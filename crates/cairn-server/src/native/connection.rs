@@ -244,6 +244,14 @@ fn decode_command(
     })
 }
 
+/// Hands a decoded command to the replica, stamped with this member's clock.
+async fn propose(node: &Node, command: Command) -> Result<ProposeReply, NativeError> {
+    let max_bytes = node.config().max_request_bytes;
+    node.replica()
+        .native_propose(command, now_unix_ms(), max_bytes)
+        .await
+}
+
 async fn propose_strong(node: &Node, command: Option<curppb::Command>) -> Option<Outgoing> {
     let command = match decode_command(command, Consistency::Strong) {
         Ok(command) => command,
@@ -257,12 +265,7 @@ async fn propose_strong(node: &Node, command: Option<curppb::Command>) -> Option
         }
     };
     let id = id_to_pb(command.id);
-    let max_bytes = node.config().max_request_bytes;
-    let proposed = node
-        .replica()
-        .native_propose(command, now_unix_ms(), max_bytes)
-        .await;
-    let outgoing = match proposed {
+    let outgoing = match propose(node, command).await {
         Ok(ProposeReply::Applied(result)) => Outgoing::Now(reply(
             server_message::Message::SyncReply(curppb::SyncReply {
                 id: Some(id),
@@ -291,6 +294,10 @@ async fn propose_strong(node: &Node, command: Option<curppb::Command>) -> Option
                 member_id: node.replica().member_id(),
             }));
             // The leader reply goes now; the sync reply once the entry applies.
+            let Some(sync) = sync else {
+                // A strong read answered from the applied state: the witnesses complete it.
+                return Some(Outgoing::Now(leader_reply));
+            };
             let synced = Box::pin(async move {
                 match sync.await {
                     Ok(result) => reply(server_message::Message::SyncReply(curppb::SyncReply {
@@ -332,11 +339,7 @@ async fn causal_propose(
         }
     };
     let id = id_to_pb(command.id);
-    let max_bytes = node.config().max_request_bytes;
-    let proposed = node
-        .replica()
-        .native_propose(command, now_unix_ms(), max_bytes)
-        .await;
+    let proposed = propose(node, command).await;
     // Only the bound replica answers a weak write; the others pool (or order) it silently.
     if !wants_reply {
         return None;
