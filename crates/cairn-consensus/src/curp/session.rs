@@ -7,9 +7,10 @@
 //! and may step back across a leader change (a session's activity time never does).
 //!
 //! Results: native write results are small (no value, no revision) and stored whole, within
-//! [`SESSION_RESULT_BYTES_MAX`]. Reads need no stored result: a retried read is evaluated
-//! afresh, which stays inside its invoke–return interval, so the state machine records reads
-//! with an empty result.
+//! [`SESSION_RESULT_BYTES_MAX`]. Reads are not recorded at all: a retried read is evaluated
+//! afresh, which stays inside its invoke–return interval, and a read applied after a later
+//! write of its session must not be refused as stale. So a session's seq here is that of its
+//! latest applied *write*.
 //!
 //! Idle expiry forgets a session; a command of that client arriving later is treated as new.
 //! The idle timeout must therefore exceed the longest a client keeps retrying one command.
