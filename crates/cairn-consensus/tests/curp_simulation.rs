@@ -130,6 +130,7 @@ async fn run_command(
                     ProposeReply::Applied(result) => {
                         let _ = replies.send(Reply::Sync { result });
                     }
+                    ProposeReply::Superseded => {}
                     ProposeReply::Witness { term, ok } => {
                         let _ = replies.send(Reply::Witness {
                             replica: id,

@@ -19,6 +19,10 @@ use tokio::net::TcpStream;
 
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
+/// The tests of this file run one at a time: each starts a 3-member cluster, and the latency
+/// bands of the emulated-WAN test need a machine that is not running three other clusters.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn put(key: &str, value: &str) -> Op {
     Op::Put {
         key: Bytes::from(key.to_string()),
@@ -75,6 +79,7 @@ async fn etcd_value(cluster: &CairnCluster, index: usize, key: &str) -> Option<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strong_and_weak_operations_complete_with_curp_ho_semantics() {
+    let _serial = SERIAL.lock().await;
     let cluster = CairnCluster::start(3).await;
     let leader = cluster.leader(LEADER_WAIT).await;
     let follower = (leader + 1) % 3;
@@ -239,6 +244,7 @@ fn raw_put(key: &str, value: Vec<u8>) -> curppb::op::Op {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_apply_once_and_bad_input_gets_clear_errors() {
+    let _serial = SERIAL.lock().await;
     let cluster = CairnCluster::start(3).await;
     let leader = cluster.leader(LEADER_WAIT).await;
     let mut raw = Raw::connect(&cluster.members[leader].native_endpoint()).await;
@@ -325,6 +331,7 @@ async fn retries_apply_once_and_bad_input_gets_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_completed_strong_write_is_lost_when_the_leader_is_killed() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = CairnCluster::start(3).await;
     let leader = cluster.leader(LEADER_WAIT).await;
     let mut writers = Vec::new();
@@ -391,6 +398,7 @@ async fn timed_put(session: &Session, key: &str) -> (Option<Path>, Duration) {
 /// bound replica in well under one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulated_wide_area_latency_shows_one_rtt_fast_path_and_two_rtt_slow_path() {
+    let _serial = SERIAL.lock().await;
     const ONE_WAY: Duration = Duration::from_millis(25);
     const RTT: Duration = Duration::from_millis(50);
     // Raft's timers must exceed the 50 ms peer RTT (the harness's 50 ms heartbeat would not).

@@ -122,6 +122,8 @@ pub struct CurpReport {
     pub fast_path: u64,
     pub slow_path: u64,
     pub errors: u64,
+    /// Errors by message, so a run says what went wrong.
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
     pub strong: ReadWrite,
     pub weak: ReadWrite,
     /// Operations completed in each second of the run.
@@ -135,6 +137,7 @@ struct Samples {
     fast: u64,
     slow: u64,
     errors: u64,
+    error_kinds: std::collections::BTreeMap<String, u64>,
 }
 
 impl Samples {
@@ -145,6 +148,9 @@ impl Samples {
         self.fast += other.fast;
         self.slow += other.slow;
         self.errors += other.errors;
+        for (kind, count) in &other.error_kinds {
+            *self.error_kinds.entry(kind.clone()).or_default() += count;
+        }
     }
 }
 
@@ -252,6 +258,7 @@ pub async fn run(args: &CurpBenchArgs) -> Result<CurpReport, CurpBenchError> {
         fast_path: samples.fast,
         slow_path: samples.slow,
         errors: samples.errors,
+        error_kinds: samples.error_kinds.clone(),
         strong: ReadWrite {
             read: class_latency(&samples.classes[Class::StrongRead as usize]),
             write: class_latency(&samples.classes[Class::StrongWrite as usize]),
@@ -351,7 +358,10 @@ impl Worker {
                     }
                     self.completed.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => samples.errors += 1,
+                Err(error) => {
+                    samples.errors += 1;
+                    *samples.error_kinds.entry(error.to_string()).or_default() += 1;
+                }
             }
         }
         samples

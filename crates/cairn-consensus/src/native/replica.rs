@@ -26,6 +26,9 @@ pub enum ProposeReply {
     Applied(curppb::Result),
     /// A witness pooled it; `ok` iff nothing pooled conflicts.
     Witness { term: Term, ok: bool },
+    /// A witness has applied a later write of the same session: the leader ordered this one
+    /// before that, so the witness has nothing to add (the leader answers).
+    Superseded,
     /// The leader ordered it. `ok` iff no earlier unapplied entry conflicts; then `result` is
     /// its evaluation on the log prefix. `sync` resolves once it is applied; a strong read
     /// answered `ok` is not logged and has none (it completes when the witnesses confirm the
@@ -269,6 +272,12 @@ impl Replica {
             // Reads are not in the session table (they apply whenever they come).
             false => SessionCheck::New,
         };
+        // A witness may apply a session's later write before the client's copy of an earlier
+        // one reaches it (its link is slower than raft): the leader ordered that earlier
+        // command already, so this copy is history, neither pooled nor refused.
+        if check == SessionCheck::Stale {
+            return Ok(ProposeReply::Superseded);
+        }
         if let Some(applied) = applied_before(check, &command)? {
             return Ok(ProposeReply::Applied(applied));
         }

@@ -272,6 +272,7 @@ async fn propose_strong(node: &Node, command: Option<curppb::Command>) -> Option
                 result: Some(result),
             }),
         )),
+        Ok(ProposeReply::Superseded) => return None,
         Ok(ProposeReply::Witness { term, ok }) => Outgoing::Now(reply(
             server_message::Message::WitnessReply(curppb::WitnessReply {
                 id: Some(id),
