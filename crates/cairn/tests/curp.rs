@@ -497,3 +497,43 @@ async fn emulated_wide_area_latency_shows_one_rtt_fast_path_and_two_rtt_slow_pat
         "weak operations at the bound replica take {median:?}, not well under one RTT"
     );
 }
+
+/// A sole member has no witness to keep a write it acknowledged before its fsync: native
+/// writes take the slow path (durable, as an etcd member's), reads stay fast, and a kill -9
+/// loses nothing acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_member_acknowledges_writes_only_once_durable() {
+    let _serial = SERIAL.lock().await;
+    let native = format!("127.0.0.1:{}", common::free_port());
+    let mut member = common::Cairn::start(&["--listen-native-addr", &native]).await;
+    let connect = || Session::connect(SessionConfig::new(vec![native.clone()]));
+    let session = connect().await.expect("session");
+    for i in 0..5 {
+        let outcome = session
+            .strong(put(&format!("d{i}"), "v"))
+            .await
+            .expect("put");
+        assert_eq!(
+            outcome.path,
+            Some(Path::Slow),
+            "a sole voter's write was fast"
+        );
+    }
+    let read = session.strong(get("d4")).await.expect("get");
+    assert_eq!(
+        (values(&read.result), read.path),
+        (vec!["v".to_string()], Some(Path::Fast))
+    );
+    drop(session);
+    member.kill9();
+    member.restart().await;
+    let session = connect().await.expect("session after restart");
+    for i in 0..5 {
+        let read = session.strong(get(&format!("d{i}"))).await.expect("get");
+        assert_eq!(
+            values(&read.result),
+            ["v"],
+            "acknowledged d{i} lost by kill -9"
+        );
+    }
+}

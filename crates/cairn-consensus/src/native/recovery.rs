@@ -143,12 +143,15 @@ async fn recover(replica: &Replica, term: Term, degraded: bool) -> Result<usize,
         // Every voter answered, but too many lost their pools in restarts for the
         // recover-quorum argument: more failures than CURP-HO tolerates. Go on (their
         // pools count as empty) rather than stop native service for good.
-        warn!(
-            term,
-            complete = pools.len(),
-            "recovering with fewer complete pools than a majority: commands that completed \
-             on the fast path and were not committed before the restarts may be lost"
-        );
+        // A sole voter has nothing to lose here: it acknowledges writes only once durable.
+        if voters.len() > 1 {
+            warn!(
+                term,
+                complete = pools.len(),
+                "recovering with fewer complete pools than a majority: commands that completed \
+                 on the fast path and were not committed before the restarts may be lost"
+            );
+        }
         for member in collected.incomplete {
             pools.entry(member).or_default();
         }

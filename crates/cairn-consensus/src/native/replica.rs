@@ -117,12 +117,14 @@ impl Replica {
         now_unix_ms: i64,
         max_bytes: usize,
     ) -> Result<ProposeReply, NativeError> {
-        let (leading, term) = {
+        let (leading, term, sole_voter) = {
             let metrics = self.inner.raft.metrics();
             let metrics = metrics.borrow();
+            let voters = metrics.membership_config.membership().voter_ids().count();
             (
                 metrics.current_leader == Some(self.inner.id),
                 metrics.current_term,
+                voters <= 1,
             )
         };
         if !leading {
@@ -134,7 +136,7 @@ impl Replica {
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => return Err(NativeError::NotReady),
         }
-        self.order(command, term, now_unix_ms, max_bytes)
+        self.order(command, term, sole_voter, now_unix_ms, max_bytes)
     }
 
     /// The leader's side of a strong read: with no conflicting unapplied entry it reads the
@@ -200,6 +202,7 @@ impl Replica {
         &self,
         command: Command,
         term: Term,
+        sole_voter: bool,
         now_unix_ms: i64,
         max_bytes: usize,
     ) -> Result<ProposeReply, NativeError> {
@@ -237,8 +240,9 @@ impl Replica {
         let op = command.op.clone();
         let pooled_ok = pool.witness(command, term).map_err(witness_error)?;
         // The leader does not know the keys of etcd-API writes in flight: any of them
-        // conflicts.
-        let ok = pooled_ok && inner.proposals.generic_pending() == 0;
+        // conflicts. A sole voter has no witness to keep a write it acknowledged before the
+        // fsync: its writes take the slow path (durable, as etcd's single member).
+        let ok = pooled_ok && inner.proposals.generic_pending() == 0 && !sole_voter;
         let result = if ok { speculate(&store, &op) } else { None };
         tracing::debug!(member = inner.id, ?id, term, ok, "ordered");
         let sync = SyncWait(native.wait_sync(id));
