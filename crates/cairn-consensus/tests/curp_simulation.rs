@@ -440,18 +440,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
 
 #[tokio::test(start_paused = true)]
 async fn fast_path_results_survive_leader_crashes_and_nothing_applies_twice() {
-    let filter = std::env::var("CAIRN_SIM_LOG").unwrap_or_else(|_| "off".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    common::init_logging();
     let (mut failures, mut stalls) = (Vec::new(), Vec::new());
     let mut fast_total = 0;
-    let first = std::env::var("CAIRN_SIM_FIRST")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
-    let seeds = seeds(first, 400);
+    let seeds = seeds(1, 400);
     for &seed in &seeds {
         match run_seed(seed).await {
             Ok(summary) => {

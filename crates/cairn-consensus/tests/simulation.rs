@@ -722,11 +722,7 @@ async fn run_seed(seed: u64) -> Result<(String, Exercised), String> {
 
 #[tokio::test(start_paused = true)]
 async fn random_faults_keep_histories_linearizable_and_members_identical() {
-    let filter = std::env::var("CAIRN_SIM_LOG").unwrap_or_else(|_| "off".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    common::init_logging();
     let (mut failures, mut stalls) = (Vec::new(), Vec::new());
     let (mut seeds_with_expiries, mut expiries) = (0, 0);
     let (mut seeds_with_membership, mut replaced) = (0, 0);

@@ -168,18 +168,27 @@ impl SimCluster {
     }
 }
 
-/// Seeds from `CAIRN_SIM_SEED` (one seed, to replay) or `count` seeds from `first`.
+/// Seeds from `CAIRN_SIM_SEED` (one seed, to replay) or `count` seeds from `first`
+/// (`CAIRN_SIM_SEEDS` and `CAIRN_SIM_FIRST` override them).
 pub fn seeds(first: u64, count: u64) -> Vec<u64> {
+    let from_env = |name: &str| std::env::var(name).ok().and_then(|n| n.parse().ok());
     match std::env::var("CAIRN_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("CAIRN_SIM_SEED is a u64")],
         Err(_) => {
-            let count = std::env::var("CAIRN_SIM_SEEDS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(count);
+            let first = from_env("CAIRN_SIM_FIRST").unwrap_or(first);
+            let count = from_env("CAIRN_SIM_SEEDS").unwrap_or(count);
             (first..first + count).collect()
         }
     }
+}
+
+/// Logs of a simulation run, filtered by `CAIRN_SIM_LOG` (off by default).
+pub fn init_logging() {
+    let filter = std::env::var("CAIRN_SIM_LOG").unwrap_or_else(|_| "off".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 pub fn no_faults() -> Faults {
