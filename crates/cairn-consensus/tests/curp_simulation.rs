@@ -18,7 +18,11 @@
 //! (seeded delay and loss; a retry timer resends to every replica).
 //!
 //! Replay a failing seed: `CAIRN_SIM_SEED=<seed> cargo test -p cairn-consensus --test
-//! curp_simulation`; `CAIRN_SIM_SEEDS=<n>` runs more.
+//! curp_simulation`; `CAIRN_SIM_SEEDS=<n>` (and `CAIRN_SIM_FIRST=<seed>`) runs more;
+//! `CAIRN_SIM_TRACE=1` prints how each command completed (path, and the replies it took);
+//! `CAIRN_SIM_LOG=cairn_consensus::native=debug` the members' ordering, witnessing and
+//! recovery plans. A replay repeats the faults and the workload, not every interleaving (the
+//! WAL writes real files).
 
 mod common;
 
