@@ -107,11 +107,11 @@ async fn drive(
                 closed = true;
                 break;
             };
-            tokio::time::sleep_until(queued_at + delay).await;
+            hold(queued_at, delay).await;
             buffer.extend_from_slice(&message);
             // Everything else already due goes in the same write.
             while let Ok((queued_at, message)) = queue.try_recv() {
-                tokio::time::sleep_until(queued_at + delay).await;
+                hold(queued_at, delay).await;
                 buffer.extend_from_slice(&message);
             }
         }
@@ -120,6 +120,15 @@ async fn drive(
             return;
         }
         tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
+/// Holds a message queued at `queued_at` until its emulated delay has passed. Without a delay
+/// it does not touch the timer: tokio's timer wheel has 1 ms ticks, and even an elapsed
+/// deadline waits for the next one (it cost every message a millisecond).
+async fn hold(queued_at: Instant, delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep_until(queued_at + delay).await;
     }
 }
 
