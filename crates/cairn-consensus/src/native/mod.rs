@@ -11,6 +11,12 @@
 //!  apply ─► session table (exactly once) ─► pool entry removed ─► sync waiters: SyncReply
 //! ```
 //!
+//! Strong reads differ: a leader with no conflicting unapplied entry answers from the applied
+//! state and logs nothing; witnesses only confirm their term and pool nothing (a read changes
+//! nothing a recovery must keep). With a conflict the leader orders the read like a write.
+//! Reads are never in the session table. A sole voter never answers a write `ok`: without a
+//! witness, only the commit makes it durable.
+//!
 //! `after_apply` learns each entry's raft term, so a `RecoveryDone(T)` counts only in an entry
 //! of term T.
 //!
