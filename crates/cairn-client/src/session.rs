@@ -73,10 +73,7 @@ fn retryable(code: i32) -> bool {
 }
 
 fn command_id(id: Option<&curppb::CommandId>) -> Option<CommandId> {
-    id.map(|id| CommandId {
-        client_id: id.client_id,
-        seq: id.seq,
-    })
+    cairn_consensus::native::id_from_pb(id).ok()
 }
 
 impl Dispatch for State {

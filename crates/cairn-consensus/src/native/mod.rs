@@ -41,7 +41,9 @@ use cairn_proto::curppb;
 use prost::Message;
 use tokio::sync::{oneshot, watch};
 
-pub use convert::{command_from_pb, command_to_pb, id_to_pb, op_from_pb, op_to_pb, InvalidCommand};
+pub use convert::{
+    command_from_pb, command_to_pb, id_from_pb, id_to_pb, op_from_pb, op_to_pb, InvalidCommand,
+};
 
 use crate::curp::{CommandId, SessionCheck, SessionTable, Term, WitnessPool};
 use crate::limits::CURP_SESSION_IDLE_MS;
@@ -123,16 +125,10 @@ fn native_command(request: &InternalRequest) -> Option<&curppb::Command> {
 /// A command's id as the log carries it; a command without one never passes the edge, so
 /// one here is from a bug, and gets a fixed id every member agrees on.
 fn logged_id(command: &curppb::Command) -> CommandId {
-    command.id.as_ref().map_or(
-        CommandId {
-            client_id: 0,
-            seq: 0,
-        },
-        |id| CommandId {
-            client_id: id.client_id,
-            seq: id.seq,
-        },
-    )
+    id_from_pb(command.id.as_ref()).unwrap_or(CommandId {
+        client_id: 0,
+        seq: 0,
+    })
 }
 
 impl NativeState {
