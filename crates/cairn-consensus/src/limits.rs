@@ -5,8 +5,19 @@
 /// [`PEER_MESSAGE_BYTES_MAX`].
 pub const APPEND_ENTRIES_MAX: u64 = 16;
 
-/// Largest peer message accepted or sent (gRPC frame limit on the peer listener).
+/// Largest peer message accepted or sent (one frame of a peer connection).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
+
+/// Calls queued for one peer connection before callers wait (the writer drains the queue into
+/// the socket, so a full queue means the peer or the network is not keeping up).
+pub const PEER_CALLS_QUEUED_MAX: usize = 1024;
+
+/// Requests of one incoming peer connection being handled at once; the reader stops reading
+/// (and TCP pushes back on the caller) while this many are open.
+pub const PEER_CALLS_SERVED_MAX: usize = 1024;
+
+/// Bytes a peer connection's writer gathers from its queue into one write.
+pub const PEER_WRITE_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Readers that may wait for one read-index round.
 pub const READ_INDEX_WAITERS_MAX: usize = 65_536;

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_consensus::network::delay::DelayedTransport;
-use cairn_consensus::network::tcp::{peer_service, TcpTransport};
+use cairn_consensus::network::tcp::{serve, TcpDialer, TcpTransport};
 use cairn_consensus::network::Transport;
+use cairn_consensus::peer::PeerHandler;
 use cairn_consensus::{Member, MemberInfo, Replica, ReplicaConfig, ReplicaStatus};
 use cairn_mvcc::{ApplyResponse, KvStore, StoreConfig};
 use cairn_proto::cairnpb::internal_request::Request;
@@ -25,15 +26,17 @@ use cairn_proto::etcdserverpb::ResponseHeader;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
 use tonic::metadata::MetadataMap;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::{self, TokenProvider};
 use crate::config::{socket_addr, ClusterState, ServerConfig};
 use crate::error::{ServerError, StartError};
 use crate::identity::{member_id_for, Identity};
 use crate::limits::REQUEST_TIMEOUT;
+use crate::tls::{self, PeerDialer};
 
 /// A running node; cheap to clone.
 #[derive(Clone)]
@@ -86,12 +89,14 @@ impl Node {
             .filter(|ip| !ip.is_unspecified());
         let peer_tls = match config.peer_tls.is_set() {
             true => Some((
-                config.peer_tls.peer_server()?,
-                config.peer_tls.peer_client()?,
+                config.peer_tls.peer_acceptor()?,
+                config.peer_tls.peer_connector()?,
             )),
             false => None,
         };
-        let tcp = TcpTransport::new(source, peer_tls.as_ref().map(|(_, client)| client.clone()));
+        let (peer_acceptor, peer_connector) = peer_tls.unzip();
+        let dialer = PeerDialer::new(TcpDialer::new(source), peer_connector);
+        let tcp = TcpTransport::new(Arc::new(dialer));
         let transport: Arc<dyn Transport> = match config.peer_delay.is_zero() {
             true => Arc::new(tcp),
             false => Arc::new(DelayedTransport::new(Arc::new(tcp), config.peer_delay)),
@@ -121,30 +126,11 @@ impl Node {
         });
         let (stopping, _) = watch::channel(false);
         let peer_server = {
-            let mut stopped = stopping.subscribe();
-            let incoming =
-                futures::stream::select_all(peers.into_iter().map(TcpListenerStream::new));
-            tokio::spawn(async move {
-                let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
-                if let Some((server_tls, _)) = peer_tls {
-                    builder = match builder.tls_config(server_tls) {
-                        Ok(builder) => builder,
-                        Err(error) => {
-                            error!(%error, "peer TLS configuration refused");
-                            return;
-                        }
-                    };
-                }
-                let served = builder
-                    .add_service(peer_service(handler))
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        until_stopping(&mut stopped).await;
-                    })
-                    .await;
-                if let Err(error) = served {
-                    error!(%error, "peer listener failed");
-                }
-            })
+            let listeners = peers
+                .into_iter()
+                .map(|listener| (listener, peer_acceptor.clone()))
+                .collect();
+            tokio::spawn(serve_peers(listeners, handler, stopping.subscribe()))
         };
         // Like etcd, publish this member's name and client URLs before serving clients, so
         // MemberList shows them; a cluster still waiting for a quorum goes on retrying it in
@@ -351,6 +337,36 @@ pub(crate) async fn bind_listeners(urls: &[String]) -> Result<Vec<TcpListener>, 
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// Accepts peer connections and serves each with the framed peer protocol, until shutdown
+/// begins (which also ends the connections).
+async fn serve_peers(
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    handler: PeerHandler,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut incoming = tls::accept(listeners);
+    loop {
+        let accepted = tokio::select! {
+            accepted = incoming.next() => accepted,
+            () = until_stopping(&mut stopping) => return,
+        };
+        match accepted {
+            Some(Ok(stream)) => {
+                let mut stopping = stopping.clone();
+                tokio::spawn(serve(stream, handler.clone(), async move {
+                    until_stopping(&mut stopping).await
+                }));
+            }
+            // Out of descriptors and the like: the listener goes on.
+            Some(Err(error)) => warn!(%error, "peer accept failed"),
+            None => {
+                error!("peer listeners closed");
+                return;
+            }
+        }
+    }
 }
 
 /// Resolves once shutdown begins. The guard `wait_for` yields is dropped in here, so the

@@ -3,10 +3,10 @@
 //! `--trusted-ca-file` names the CA that signs client certificates, and `--client-cert-auth`
 //! makes presenting one mandatory. `http://` URLs stay plain.
 //!
-//! The client port terminates TLS itself (rustls through tokio-rustls), below the
+//! Both ports terminate TLS here (rustls through tokio-rustls): the client port below the
 //! `AuthorityFix` shim and the HTTP/2 + HTTP/1.1 server, so both gRPC and the HTTP endpoints
-//! work over TLS and the shim sees plaintext. The peer port leaves TLS to tonic, which uses
-//! the same rustls.
+//! work over TLS and the shim sees plaintext; the peer port below the framed peer protocol,
+//! which dials out through [`PeerDialer`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,17 +16,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing::debug;
+
+use cairn_consensus::network::tcp::{host_port, Dialer, PeerIo, TcpDialer};
+use futures::future::BoxFuture;
 
 use crate::error::StartError;
 
@@ -44,11 +46,6 @@ pub struct TlsFiles {
     pub trusted_ca_file: Option<PathBuf>,
     /// Refuse connections without a certificate signed by the trusted CA.
     pub client_cert_auth: bool,
-}
-
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, StartError> {
-    std::fs::read(path)
-        .map_err(|error| StartError::Config(format!("{what} {}: {error}", path.display())))
 }
 
 fn pem_error(path: &Path, what: &str, error: impl std::fmt::Display) -> StartError {
@@ -87,28 +84,23 @@ impl TlsFiles {
     /// The acceptor for the client port: rustls with ALPN h2 (gRPC) and http/1.1 (the HTTP
     /// endpoints).
     pub fn client_acceptor(&self) -> Result<TlsAcceptor, StartError> {
-        let (cert_path, key_path) = self.pair("")?;
-        let certs = CertificateDer::pem_file_iter(cert_path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|error| pem_error(cert_path, "--cert-file", error))?;
-        let key = PrivateKeyDer::from_pem_file(key_path)
-            .map_err(|error| pem_error(key_path, "--key-file", error))?;
+        self.acceptor("", vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+    }
+
+    /// The acceptor for the peer port (framed TCP inside; no ALPN).
+    pub fn peer_acceptor(&self) -> Result<TlsAcceptor, StartError> {
+        self.acceptor("peer-", Vec::new())
+    }
+
+    fn acceptor(&self, flag_prefix: &str, alpn: Vec<Vec<u8>>) -> Result<TlsAcceptor, StartError> {
+        let (certs, key) = self.certificate(flag_prefix)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|error| StartError::Config(format!("TLS: {error}")))?;
         let builder = match &self.trusted_ca_file {
             Some(ca_path) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(ca_path)
-                    .map_err(|error| pem_error(ca_path, "--trusted-ca-file", error))?
-                {
-                    let cert =
-                        cert.map_err(|error| pem_error(ca_path, "--trusted-ca-file", error))?;
-                    roots
-                        .add(cert)
-                        .map_err(|error| pem_error(ca_path, "--trusted-ca-file", error))?;
-                }
+                let roots = self.roots(flag_prefix)?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
@@ -118,53 +110,108 @@ impl TlsFiles {
                 } else {
                     verifier.allow_unauthenticated()
                 };
-                let verifier = verifier
-                    .build()
-                    .map_err(|error| pem_error(ca_path, "--trusted-ca-file", error))?;
+                let verifier = verifier.build().map_err(|error| {
+                    pem_error(ca_path, &format!("--{flag_prefix}trusted-ca-file"), error)
+                })?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
         };
+        let (cert_path, _) = self.pair(flag_prefix)?;
         let mut config = builder
             .with_single_cert(certs, key)
-            .map_err(|error| pem_error(cert_path, "--cert-file", error))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            .map_err(|error| pem_error(cert_path, &format!("--{flag_prefix}cert-file"), error))?;
+        config.alpn_protocols = alpn;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
-    fn identity(&self) -> Result<Identity, StartError> {
-        let (cert_path, key_path) = self.pair("peer-")?;
-        Ok(Identity::from_pem(
-            read(cert_path, "--peer-cert-file")?,
-            read(key_path, "--peer-key-file")?,
-        ))
+    /// The connector towards other members: this member's certificate (for peers that demand
+    /// one) and the CA that signed theirs.
+    pub fn peer_connector(&self) -> Result<TlsConnector, StartError> {
+        let (certs, key) = self.certificate("peer-")?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| StartError::Config(format!("TLS: {error}")))?
+            .with_root_certificates(self.roots("peer-")?);
+        let (cert_path, _) = self.pair("peer-")?;
+        let config = builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|error| pem_error(cert_path, "--peer-cert-file", error))?;
+        Ok(TlsConnector::from(Arc::new(config)))
     }
 
-    /// tonic's server side for the peer port.
-    pub fn peer_server(&self) -> Result<ServerTlsConfig, StartError> {
-        let mut config = ServerTlsConfig::new().identity(self.identity()?);
-        if let Some(ca_path) = &self.trusted_ca_file {
-            let ca = Certificate::from_pem(read(ca_path, "--peer-trusted-ca-file")?);
-            config = config
-                .client_ca_root(ca)
-                .client_auth_optional(!self.client_cert_auth);
-        }
-        Ok(config)
+    /// The certificate chain and private key of `--{flag_prefix}cert-file`/`key-file`.
+    fn certificate(
+        &self,
+        flag_prefix: &str,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), StartError> {
+        let (cert_path, key_path) = self.pair(flag_prefix)?;
+        let cert_flag = format!("--{flag_prefix}cert-file");
+        let certs = CertificateDer::pem_file_iter(cert_path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|error| pem_error(cert_path, &cert_flag, error))?;
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|error| pem_error(key_path, &format!("--{flag_prefix}key-file"), error))?;
+        Ok((certs, key))
     }
 
-    /// tonic's client side towards other members: this member's certificate (for peers that
-    /// demand one) and the CA that signed theirs.
-    pub fn peer_client(&self) -> Result<ClientTlsConfig, StartError> {
-        let mut config = ClientTlsConfig::new().identity(self.identity()?);
-        if let Some(ca_path) = &self.trusted_ca_file {
-            let ca = Certificate::from_pem(read(ca_path, "--peer-trusted-ca-file")?);
-            config = config.ca_certificate(ca);
+    /// The CAs of `--{flag_prefix}trusted-ca-file`; none when it is not given.
+    fn roots(&self, flag_prefix: &str) -> Result<rustls::RootCertStore, StartError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let Some(ca_path) = &self.trusted_ca_file else {
+            return Ok(roots);
+        };
+        let flag = format!("--{flag_prefix}trusted-ca-file");
+        for cert in CertificateDer::pem_file_iter(ca_path)
+            .map_err(|error| pem_error(ca_path, &flag, error))?
+        {
+            let cert = cert.map_err(|error| pem_error(ca_path, &flag, error))?;
+            roots
+                .add(cert)
+                .map_err(|error| pem_error(ca_path, &flag, error))?;
         }
-        Ok(config)
+        Ok(roots)
     }
 }
 
-/// A client connection, plain or TLS.
+/// Dials other members: plain TCP, then TLS when this member has a peer certificate.
+pub struct PeerDialer {
+    tcp: TcpDialer,
+    tls: Option<TlsConnector>,
+}
+
+impl PeerDialer {
+    pub fn new(tcp: TcpDialer, tls: Option<TlsConnector>) -> PeerDialer {
+        PeerDialer { tcp, tls }
+    }
+}
+
+impl Dialer for PeerDialer {
+    fn dial(&self, url: &str) -> BoxFuture<'static, io::Result<Box<dyn PeerIo>>> {
+        let connect = self.tcp.connect(url);
+        let Some(tls) = self.tls.clone() else {
+            return Box::pin(async move { Ok(Box::new(connect.await?) as Box<dyn PeerIo>) });
+        };
+        // The peer's certificate must name the host of its URL, as for any TLS server.
+        let name = host_port(url).and_then(|(host, _)| {
+            ServerName::try_from(host.to_string())
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))
+        });
+        Box::pin(async move {
+            let name = name?;
+            let tcp = connect.await?;
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(Box::new(stream) as Box<dyn PeerIo>)
+        })
+    }
+}
+
+/// An accepted connection (client or peer port), plain or TLS.
 pub enum ClientIo {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),

@@ -1,7 +1,7 @@
 //! The peer transport: how members reach each other.
 //!
 //! [`Transport`] is the seam between the protocol and the network: it carries `raftpb`
-//! messages, so the real implementation ([`tcp`], gRPC over one HTTP/2 connection per peer
+//! messages, so the real implementation ([`tcp`], framed TCP over one connection per peer
 //! pair) and the simulated one ([`sim`], one process, seeded faults) exercise the same
 //! conversions; [`delay`] wraps either with an emulated one-way link delay for benchmarks.
 //! [`RaftNetwork`] adapts a transport to openraft's `RaftNetworkFactory`; the
