@@ -25,6 +25,7 @@
 
 mod batcher;
 pub mod curp;
+mod election;
 pub mod error;
 mod joint_config;
 pub mod limits;

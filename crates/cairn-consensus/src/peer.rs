@@ -5,11 +5,13 @@ use cairn_proto::raftpb;
 use prost::Message;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use openraft::ChangeMembers;
 
 use std::sync::Arc;
 
 use crate::batcher::ProposalBatcher;
+use crate::election::LeaderContact;
 use crate::network::{PeerRequest, PeerResponse};
 use crate::state_machine::Replicated;
 use crate::types::{MemberId, Raft};
@@ -21,6 +23,8 @@ pub struct PeerHandler {
     raft: Raft,
     proposals: Arc<ProposalBatcher>,
     shared: Arc<Replicated>,
+    /// Told of every append or snapshot a leader of the current vote sends.
+    contact: Arc<LeaderContact>,
 }
 
 impl PeerHandler {
@@ -28,11 +32,13 @@ impl PeerHandler {
         raft: Raft,
         proposals: Arc<ProposalBatcher>,
         shared: Arc<Replicated>,
+        contact: Arc<LeaderContact>,
     ) -> PeerHandler {
         PeerHandler {
             raft,
             proposals,
             shared,
+            contact,
         }
     }
 
@@ -40,7 +46,23 @@ impl PeerHandler {
         match request {
             PeerRequest::AppendEntries(request) => {
                 let request = wire::append_entries_request_from_pb(request).map_err(failed)?;
+                // Whether this member holds every entry the leader calls committed once the
+                // append succeeds: the last entry it carries (or its anchor) reaches the
+                // leader's commit index.
+                let reaches = request
+                    .entries
+                    .last()
+                    .map(|entry| entry.log_id.index)
+                    .or(request.prev_log_id.map(|log_id| log_id.index));
+                let covers_commit = reaches >= request.leader_commit.map(|log_id| log_id.index);
+                // The leader spoke now, not once the append is flushed.
+                self.contact.heard();
                 let response = self.raft.append_entries(request).await.map_err(failed)?;
+                match response {
+                    AppendEntriesResponse::HigherVote(_) => {}
+                    AppendEntriesResponse::Success => self.contact.heard_from_leader(covers_commit),
+                    _ => self.contact.heard_from_leader(false),
+                }
                 Ok(PeerResponse::AppendEntries(
                     wire::append_entries_response_to_pb(&response),
                 ))
@@ -50,7 +72,12 @@ impl PeerHandler {
                     vote: wire::vote_from_pb(request.vote.as_ref()).map_err(failed)?,
                     last_log_id: wire::option_log_id_from_pb(&request.last_log_id),
                 };
+                let candidate_log = request.last_log_id;
                 let response = self.raft.vote(request).await.map_err(failed)?;
+                // The answer carries this member's own last log id.
+                if candidate_log > response.last_log_id {
+                    self.contact.saw_longer_log();
+                }
                 Ok(PeerResponse::Vote(raftpb::VoteResponse {
                     vote: Some(wire::vote_to_pb(&response.vote)),
                     vote_granted: response.vote_granted,
@@ -64,6 +91,7 @@ impl PeerHandler {
                     .install_snapshot(request)
                     .await
                     .map_err(|error| refused(0, error.to_string()))?;
+                self.contact.heard_from_leader(false);
                 Ok(PeerResponse::InstallSnapshot(
                     raftpb::InstallSnapshotResponse {
                         vote: Some(wire::vote_to_pb(&response.vote)),

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::batcher::ProposalBatcher;
+use crate::election::{LeaderContact, Schedule};
 use crate::error::{ConsensusError, OpenError};
 use crate::log_store::LogStore;
 use crate::metrics::{ConsensusMetrics, ConsensusMetricsSnapshot, PendingProposal};
@@ -165,7 +166,9 @@ impl Replica {
             // [min, max]) without a heartbeat before it campaigns; voters refuse votes during
             // their lease. With max = T/2 and min = T/4 a follower campaigns 0.75–1.0 T after
             // the leader fell silent and the first campaign wins, where etcd's followers wait
-            // a random [T, 2T). (Max = T made it 1.5–2.0 T: slower than etcd.)
+            // a random [T, 2T). (Max = T made it 1.5–2.0 T: slower than etcd.) `election`
+            // makes the first campaign in the same range, but with a fresh draw each time and
+            // not on openraft's tick, so members started together do not collide.
             election_timeout_min: config.election_timeout_ms / 4,
             election_timeout_max: config.election_timeout_ms / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
@@ -177,6 +180,10 @@ impl Replica {
         }
         .validate()
         .map_err(|error| OpenError::Raft(error.to_string()))?;
+        let schedule = Schedule {
+            lease: Duration::from_millis(raft_config.election_timeout_max),
+            election_timeout: Duration::from_millis(config.election_timeout_ms),
+        };
         let raft = Raft::new(
             config.member_id,
             Arc::new(raft_config),
@@ -213,7 +220,14 @@ impl Replica {
             Duration::from_millis(2 * config.election_timeout_ms),
         ));
         let proposals = Arc::new(ProposalBatcher::start(raft.clone()));
-        let handler = PeerHandler::new(raft.clone(), proposals.clone(), shared.clone());
+        let contact = Arc::new(LeaderContact::default());
+        tokio::spawn(crate::election::campaign_when_silent(
+            raft.clone(),
+            config.member_id,
+            contact.clone(),
+            schedule,
+        ));
+        let handler = PeerHandler::new(raft.clone(), proposals.clone(), shared.clone(), contact);
         let reads = ReadBatcher::start(raft.clone(), transport.clone(), config.member_id);
         let replica = Replica {
             inner: Arc::new(Inner {
