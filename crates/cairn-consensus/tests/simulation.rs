@@ -45,7 +45,10 @@
 //! follower campaigns only `leader_lease + election_timeout` after that (plus
 //! `smaller_log_timeout` once it saw a longer log), which makes each round of split votes
 //! long. The seam that would make a stall replay: a runtime in our `TypeConfig` whose
-//! `thread_rng` is a seeded thread-local (the simulation runs on one thread).
+//! `thread_rng` is a seeded thread-local (the simulation runs on one thread). The replica's
+//! own first campaign after a leader falls silent (`election.rs`, off openraft's tick, a fresh
+//! draw each time) breaks the first round of such collisions, not the later ones; it also draws
+//! from `thread_rng`.
 
 mod common;
 
