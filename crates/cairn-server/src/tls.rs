@@ -189,10 +189,10 @@ impl PeerDialer {
 
 impl Dialer for PeerDialer {
     fn dial(&self, url: &str) -> BoxFuture<'static, io::Result<Box<dyn PeerIo>>> {
-        let connect = self.tcp.connect(url);
         let Some(tls) = self.tls.clone() else {
-            return Box::pin(async move { Ok(Box::new(connect.await?) as Box<dyn PeerIo>) });
+            return self.tcp.dial(url);
         };
+        let connect = self.tcp.connect(url);
         // The peer's certificate must name the host of its URL, as for any TLS server.
         let name = host_port(url).and_then(|(host, _)| {
             ServerName::try_from(host.to_string())

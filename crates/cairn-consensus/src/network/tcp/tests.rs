@@ -25,6 +25,21 @@ fn member(port: u16) -> Member {
     }
 }
 
+/// A scripted peer's listener and its port.
+async fn listen() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// The answer to call `call`: a forward committed at `index`.
+fn forward_reply(call: u64, index: u64) -> PeerFrame {
+    PeerFrame {
+        call,
+        body: Some(Body::ForwardReply(raftpb::ForwardResponse { index })),
+    }
+}
+
 async fn read_frame(stream: &mut TcpStream) -> Option<PeerFrame> {
     let mut header = [0; framing::HEADER_BYTES];
     stream.read_exact(&mut header).await.ok()?;
@@ -69,8 +84,7 @@ fn transport() -> (TcpTransport, Arc<CountingDialer>) {
 
 #[tokio::test]
 async fn answers_in_any_order_reach_their_callers_and_requests_arrive_in_call_order() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (listener, port) = listen().await;
     let peer = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut frames = Vec::new();
@@ -80,12 +94,7 @@ async fn answers_in_any_order_reach_their_callers_and_requests_arrive_in_call_or
         let arrival: Vec<u8> = frames.iter().map(tag_of).collect();
         // Answer the last first: each answer names its call, not its position.
         for frame in frames.iter().rev() {
-            let answer = PeerFrame {
-                call: frame.call,
-                body: Some(Body::ForwardReply(raftpb::ForwardResponse {
-                    index: u64::from(tag_of(frame)),
-                })),
-            };
+            let answer = forward_reply(frame.call, u64::from(tag_of(frame)));
             write_frame(&mut stream, &answer).await;
         }
         arrival
@@ -107,8 +116,7 @@ async fn answers_in_any_order_reach_their_callers_and_requests_arrive_in_call_or
 
 #[tokio::test]
 async fn a_refusal_reaches_the_caller_as_refused() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (listener, port) = listen().await;
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         let request = read_frame(&mut stream).await.expect("a request");
@@ -136,8 +144,7 @@ async fn a_refusal_reaches_the_caller_as_refused() {
 
 #[tokio::test]
 async fn a_broken_connection_fails_its_calls_and_the_next_call_dials_again() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (listener, port) = listen().await;
     let (transport, dialer) = transport();
     let first = transport.call(1, &member(port), forward(1));
     let (mut stream, _) = listener.accept().await.unwrap();
@@ -153,10 +160,7 @@ async fn a_broken_connection_fails_its_calls_and_the_next_call_dials_again() {
     let (mut stream, _) = listener.accept().await.unwrap();
     let request = read_frame(&mut stream).await.expect("a request");
     assert_eq!(tag_of(&request), 2);
-    let answer = PeerFrame {
-        call: request.call,
-        body: Some(Body::ForwardReply(raftpb::ForwardResponse { index: 2 })),
-    };
+    let answer = forward_reply(request.call, 2);
     write_frame(&mut stream, &answer).await;
     match second.await.unwrap() {
         Ok(PeerResponse::Forward(response)) => assert_eq!(response.index, 2),
@@ -167,8 +171,7 @@ async fn a_broken_connection_fails_its_calls_and_the_next_call_dials_again() {
 
 #[tokio::test]
 async fn an_oversized_or_unknown_answer_breaks_the_connection_not_the_caller() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (listener, port) = listen().await;
     let (transport, _) = transport();
     let call = transport.call(1, &member(port), forward(1));
     let (mut stream, _) = listener.accept().await.unwrap();
@@ -184,10 +187,7 @@ async fn an_oversized_or_unknown_answer_breaks_the_connection_not_the_caller() {
     let call = tokio::spawn(transport.call(1, &member(port), forward(2)));
     let (mut stream, _) = listener.accept().await.unwrap();
     let request = read_frame(&mut stream).await.expect("a request");
-    let stray = PeerFrame {
-        call: request.call + 1000,
-        body: Some(Body::ForwardReply(raftpb::ForwardResponse { index: 0 })),
-    };
+    let stray = forward_reply(request.call + 1000, 0);
     write_frame(&mut stream, &stray).await;
     match call.await.unwrap() {
         Err(TransportError::Unreachable(reason)) => {
