@@ -36,6 +36,7 @@ pub mod network;
 pub mod peer;
 mod read_index;
 pub mod replica;
+pub mod snapshot_file;
 mod snapshot_trigger;
 pub mod state_machine;
 pub mod types;

@@ -25,6 +25,10 @@ pub struct ConsensusMetrics {
     pub(crate) leader_changes: AtomicU64,
     /// Time to apply one batch of committed entries to the store, under its write lock.
     pub(crate) apply_seconds: Histogram,
+    /// Snapshots received from a leader and installed.
+    pub(crate) snapshots_received: AtomicU64,
+    /// Time to build one snapshot of this member's state: streamed to its file and fsynced.
+    pub(crate) snapshot_save_seconds: Histogram,
 }
 
 /// A reading of [`ConsensusMetrics`].
@@ -35,6 +39,8 @@ pub struct ConsensusMetricsSnapshot {
     pub proposals_failed: u64,
     pub leader_changes: u64,
     pub apply_seconds: HistogramSnapshot,
+    pub snapshots_received: u64,
+    pub snapshot_save_seconds: HistogramSnapshot,
 }
 
 impl ConsensusMetrics {
@@ -46,6 +52,8 @@ impl ConsensusMetrics {
             proposals_failed: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
             apply_seconds: Histogram::disk_seconds(),
+            snapshots_received: AtomicU64::new(0),
+            snapshot_save_seconds: Histogram::disk_seconds(),
         }
     }
 
@@ -56,6 +64,8 @@ impl ConsensusMetrics {
             proposals_failed: self.proposals_failed.load(Ordering::Relaxed),
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
             apply_seconds: self.apply_seconds.snapshot(),
+            snapshots_received: self.snapshots_received.load(Ordering::Relaxed),
+            snapshot_save_seconds: self.snapshot_save_seconds.snapshot(),
         }
     }
 }

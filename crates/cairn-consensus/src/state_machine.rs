@@ -4,12 +4,13 @@
 //! lock, one batch at a time. After each batch the last applied log id and membership are
 //! written into the store (`Bucket::Consensus`), so a snapshot of the engine is a snapshot of
 //! the replica: restarting from it needs nothing else. Snapshot files are the engine's
-//! snapshot bytes, in `snap/`, named by raft index.
+//! snapshot bytes, in `snap/`, named by raft index; they are streamed to and from disk, never
+//! held whole in memory except while a received or stored one is decoded.
 //!
 //! Hot path (`apply`): one decode per entry, no task or channel per entry; the proposer's
 //! waiter gets its result straight from here.
 
-use std::io::Cursor;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -18,7 +19,6 @@ use cairn_mvcc::{KvStore, StoreConfig};
 use cairn_proto::cairnpb::InternalRequest;
 use cairn_proto::raftpb;
 use cairn_storage::engine::Engine;
-use cairn_storage::limits::SNAPSHOT_BYTES_MAX;
 use cairn_storage::memory::MemoryEngine;
 use cairn_storage::snapshot::SnapshotStore;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -30,6 +30,7 @@ use crate::curp::SessionTable;
 use crate::error::OpenError;
 use crate::metrics::ConsensusMetrics;
 use crate::native::NativeState;
+use crate::snapshot_file::SnapshotFile;
 use crate::types::{
     Entry, LogId, MemberId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -331,26 +332,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let (file, path) = self
+            .snapshots
+            .receive()
+            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+        Ok(Box::new(SnapshotFile::receiving(file, path)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
         let refuse = |reason: String| -> StorageError {
             StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(reason))
                 .into()
         };
-        if data.len() as u64 > SNAPSHOT_BYTES_MAX {
-            return Err(refuse(format!(
-                "{} bytes is above the snapshot limit",
-                data.len()
-            )));
-        }
+        let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        let data = blocking(self.synchronous, move || {
+            let bytes = snapshot.read_all().map_err(|error| error.to_string())?;
+            SnapshotStore::check_received(bytes, index).map_err(|error| error.to_string())
+        })
+        .await
+        .map_err(|error| refuse(error.to_string()))?
+        .map_err(refuse)?;
         let engine =
             MemoryEngine::decode_snapshot(&data).map_err(|error| refuse(error.to_string()))?;
         let store = KvStore::open(Box::new(engine), self.store_config.clone());
@@ -362,12 +368,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )));
         }
         let sessions = applied.sessions().map_err(refuse)?;
-        let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
         let snapshots = self.snapshots.clone();
-        blocking(self.synchronous, move || snapshots.save(index, &data))
-            .await
-            .map_err(|error| refuse(error.to_string()))?
-            .map_err(|error| refuse(error.to_string()))?;
+        blocking(self.synchronous, move || {
+            let mut writer = snapshots.writer().map_err(|error| error.to_string())?;
+            writer.write_all(&data).map_err(|error| error.to_string())?;
+            writer.finish(index).map_err(|error| error.to_string())
+        })
+        .await
+        .map_err(|error| refuse(error.to_string()))?
+        .map_err(refuse)?;
         {
             let mut current = self.shared.store_mut();
             *current = store;
@@ -378,6 +387,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.applied = applied;
         *lock(&self.latest) = Some(meta.clone());
+        self.shared
+            .metrics
+            .snapshots_received
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -385,19 +398,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(meta) = lock(&self.latest).clone() else {
             return Ok(None);
         };
-        let snapshots = self.snapshots.clone();
-        let loaded = blocking(self.synchronous, move || snapshots.load_latest())
-            .await
-            .map_err(|error| StorageIOError::read_snapshot(None, &error))?
-            .map_err(|error| StorageIOError::read_snapshot(None, &error))?;
-        let expected = meta.last_log_id.map_or(0, |log_id| log_id.index);
-        match loaded {
-            Some((index, data)) if index == expected => Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            })),
-            _ => Ok(None),
-        }
+        let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        let file = self
+            .snapshots
+            .open_file(index)
+            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        Ok(file.map(|file| Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::stored(file)),
+        }))
     }
 }
 
@@ -411,27 +420,35 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        // Encoded under the read lock: applies wait, reads go on; the state cannot move.
-        let (data, applied) = {
-            let store = self.shared.store();
-            (store.encode_snapshot(), AppliedState::of_store(&store))
-        };
-        let applied = applied.map_err(|reason| {
-            StorageIOError::write_snapshot(None, &std::io::Error::other(reason))
-        })?;
-        let meta = applied.snapshot_meta();
-        let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        let started = std::time::Instant::now();
+        let shared = self.shared.clone();
         let snapshots = self.snapshots.clone();
-        let data = blocking(self.synchronous, move || {
-            snapshots.save(index, &data).map(|()| data)
+        let built = blocking(self.synchronous, move || -> Result<_, std::io::Error> {
+            let mut writer = snapshots.writer().map_err(std::io::Error::other)?;
+            // Streamed into the file under the read lock: applies wait, reads go on; the state
+            // cannot move. The fsync comes after the lock is released.
+            let applied = {
+                let store = shared.store();
+                store.write_snapshot(&mut writer)?;
+                AppliedState::of_store(&store).map_err(std::io::Error::other)?
+            };
+            let meta = applied.snapshot_meta();
+            let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+            writer.finish(index).map_err(std::io::Error::other)?;
+            let file = snapshots.open_file(index).map_err(std::io::Error::other)?;
+            let file = file.ok_or_else(|| std::io::Error::other("the new snapshot is gone"))?;
+            Ok((meta, file))
         })
         .await
-        .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?
-        .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+        let (meta, file) = built.map_err(|error| StorageIOError::write_snapshot(None, &error))?;
         *lock(&self.latest) = Some(meta.clone());
+        let elapsed = started.elapsed();
+        self.shared.metrics.snapshot_save_seconds.observe(elapsed);
+        tracing::info!(index = ?meta.last_log_id, ?elapsed, "snapshot built");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotFile::stored(file)),
         })
     }
 }

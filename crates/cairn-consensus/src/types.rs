@@ -1,19 +1,19 @@
 //! openraft's type configuration for Cairn: what an entry carries, what a member is.
 
-use std::io::Cursor;
-
 use bytes::Bytes;
+
+use crate::snapshot_file::SnapshotFile;
 
 openraft::declare_raft_types!(
     /// Cairn's raft: entries carry encoded `cairnpb.InternalRequest`s, members are etcd-style
-    /// members, snapshots are the memory engine's snapshot bytes.
+    /// members, snapshots are snapshot files of the memory engine's state (`snapshot_file`).
     pub TypeConfig:
         D = Proposal,
         R = (),
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
 );
 
 /// A replicated request: an encoded `cairnpb.InternalRequest`. It stays encoded from the

@@ -205,9 +205,14 @@ impl KvStore {
         self.alarms.iter().copied().collect()
     }
 
-    /// The whole state as bytes for a snapshot file.
+    /// The whole state as bytes, in memory (the Maintenance Snapshot stream).
     pub fn encode_snapshot(&self) -> Vec<u8> {
         self.engine.encode_snapshot()
+    }
+
+    /// Streams the whole state to `out` (a snapshot file).
+    pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.engine.write_snapshot(out)
     }
 
     /// Checks a requested read revision against history: `requested <= 0` means `current`.

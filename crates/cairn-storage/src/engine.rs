@@ -6,6 +6,8 @@
 //! relies on the WAL plus periodic snapshots, a persistent engine would store the applied index
 //! in the same batch as the data.
 
+use std::io::{self, Write};
+
 use bytes::Bytes;
 
 use crate::schema::Bucket;
@@ -85,8 +87,19 @@ pub trait Engine: Send + Sync + 'static {
         self.len(bucket) == 0
     }
 
-    /// The whole engine as one self-describing byte string (see `memory` for the format).
-    fn encode_snapshot(&self) -> Vec<u8>;
+    /// Streams the whole engine to `out` as one self-describing byte string (see `memory`
+    /// for the format). Streamed, not returned: a snapshot file must not cost a second copy of
+    /// the state in memory.
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
+
+    /// The snapshot bytes of [`Engine::write_snapshot`] in memory (the Maintenance Snapshot
+    /// stream and tests).
+    fn encode_snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_snapshot(&mut out)
+            .expect("writing into a Vec cannot fail");
+        out
+    }
 }
 
 /// Why an engine could not be rebuilt from snapshot bytes. The bytes come from disk, so this is

@@ -94,6 +94,9 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
+    /// A snapshot file received from a leader is damaged or is not the one announced.
+    #[error("snapshot: received file: {reason}")]
+    Received { reason: SnapshotCorruption },
     /// Snapshot files exist but none of them checks out. Not reported as "no snapshot": the WAL
     /// has usually been purged up to a snapshot, so starting from nothing would silently lose
     /// state.

@@ -18,7 +18,11 @@ pub const WAL_QUEUE_BATCHES_MAX: usize = 1024;
 /// Bounds the reused encode buffer; a single batch larger than this is still written whole.
 pub const WAL_GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// Snapshot files kept by `SnapshotStore::save` (the newest ones, by index). Two, so that a
+/// Buffer between a snapshot being streamed and its file: writes reach the kernel in pieces
+/// this large, not one per key.
+pub const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Snapshot files kept by `SnapshotStore` (the newest ones, by index). Two, so that a
 /// newest file found corrupt on load still leaves a usable one.
 pub const SNAPSHOTS_KEPT_MAX: usize = 2;
 

@@ -1,7 +1,7 @@
 //! The `memory` engine (the default): one ordered map per bucket.
 //!
 //! Durability comes from outside: the node writes every request to the WAL before applying it
-//! and periodically stores `encode_snapshot()` through `SnapshotStore`; a restart decodes the
+//! and periodically streams `write_snapshot()` into a `SnapshotStore` file; a restart decodes the
 //! newest snapshot and replays the WAL after its applied index.
 //!
 //! Snapshot format (all integers big-endian):
@@ -12,6 +12,7 @@
 //! The snapshot file around it carries the length and CRC (see `snapshot`).
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::{self, Write};
 
 use bytes::Bytes;
 
@@ -166,22 +167,21 @@ impl Engine for MemoryEngine {
         self.buckets[bucket.slot()].len()
     }
 
-    fn encode_snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.size_bytes as usize + 64);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&SCHEMA_VERSION.to_be_bytes());
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(MAGIC)?;
+        out.write_all(&SCHEMA_VERSION.to_be_bytes())?;
         for bucket in Bucket::ALL {
             let map = &self.buckets[bucket.slot()];
-            out.push(bucket as u8);
-            out.extend_from_slice(&(map.len() as u64).to_be_bytes());
+            out.write_all(&[bucket as u8])?;
+            out.write_all(&(map.len() as u64).to_be_bytes())?;
             for (key, value) in map.iter() {
-                out.extend_from_slice(&(key.len() as u32).to_be_bytes());
-                out.extend_from_slice(key);
-                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-                out.extend_from_slice(value);
+                out.write_all(&(key.len() as u32).to_be_bytes())?;
+                out.write_all(key)?;
+                out.write_all(&(value.len() as u32).to_be_bytes())?;
+                out.write_all(value)?;
             }
         }
-        out
+        Ok(())
     }
 }
 

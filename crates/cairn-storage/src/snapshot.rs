@@ -13,21 +13,30 @@
 //! 32  [u8;len] payload (opaque: the engine's snapshot encoding)
 //! ```
 //!
-//! **Writing** (`save`): the file is written as `{name}.tmp`, fsynced, renamed into place and
-//! the directory fsynced; only then are older snapshots beyond the newest
-//! `SNAPSHOTS_KEPT_MAX` removed. A crash leaves either the old set or the new file complete;
-//! `*.snap.tmp` leftovers are deleted at open.
+//! **Writing** ([`SnapshotStore::writer`]): the payload streams into a temporary file
+//! (`incoming-{n}.snap.tmp`) behind a placeholder header, with its CRC computed on the way;
+//! [`SnapshotWriter::finish`] fills in the header, fsyncs, renames the file into place and
+//! fsyncs the directory; only then are older snapshots beyond the newest `SNAPSHOTS_KEPT_MAX`
+//! removed. A crash leaves either the old set or the new file complete; `*.snap.tmp`
+//! leftovers are deleted at open. Streaming keeps a snapshot of a large state from costing a
+//! second copy of that state in memory.
+//!
+//! **Receiving** ([`SnapshotStore::receive`]): a follower gets a leader's snapshot file byte for
+//! byte (header included) into a temporary file, verifies it with
+//! [`SnapshotStore::check_received`] before decoding it, and stores the payload as its own
+//! snapshot through a writer.
 //!
 //! **Reading** (`load_latest`): newest first; a file whose header, length or CRC does not check
 //! out is skipped with a warning and the next older one is tried.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::error::{SnapshotCorruption, SnapshotError};
-use crate::limits::{SNAPSHOTS_KEPT_MAX, SNAPSHOT_BYTES_MAX};
+use crate::limits::{SNAPSHOTS_KEPT_MAX, SNAPSHOT_BYTES_MAX, SNAPSHOT_WRITE_BUFFER_BYTES};
 
 const MAGIC: &[u8; 8] = b"CAIRNSNP";
 const VERSION: u32 = 1;
@@ -41,9 +50,12 @@ const TMP_SUFFIX: &str = ".snap.tmp";
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
-    /// Serializes `save`: two concurrent saves of one index would share a temporary file, and
-    /// pruning must see the set it prunes. A std mutex: `save` is blocking I/O anyway.
-    save_lock: Mutex<()>,
+    /// Serializes renaming files into place: pruning must see the set it prunes. A std
+    /// mutex: it is taken around blocking file calls anyway.
+    install_lock: Mutex<()>,
+    /// Numbers the temporary files, so that a snapshot being built and one being received
+    /// never share one.
+    temporaries: AtomicU64,
 }
 
 impl SnapshotStore {
@@ -67,41 +79,52 @@ impl SnapshotStore {
         }
         Ok(SnapshotStore {
             dir: dir.to_path_buf(),
-            save_lock: Mutex::new(()),
+            install_lock: Mutex::new(()),
+            temporaries: AtomicU64::new(0),
         })
     }
 
-    /// Writes `data` as the snapshot at `index` (replacing one at the same index), then keeps
-    /// only the newest `SNAPSHOTS_KEPT_MAX` snapshots by index.
-    pub fn save(&self, index: u64, data: &[u8]) -> Result<(), SnapshotError> {
-        assert!(
-            data.len() as u64 <= SNAPSHOT_BYTES_MAX,
-            "snapshot at {index}: {} bytes, the maximum is {SNAPSHOT_BYTES_MAX}",
-            data.len()
-        );
-        let _guard = self
-            .save_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let name = file_name(index);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let path = self.dir.join(name);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp)
-            .map_err(|e| SnapshotError::io("create", &tmp, e))?;
-        file.write_all(&encode_header(index, data))
-            .and_then(|()| file.write_all(data))
+    /// Starts a new snapshot: write its payload into the returned writer, then
+    /// [`SnapshotWriter::finish`] it with its index. Dropped unfinished, it leaves nothing.
+    pub fn writer(&self) -> Result<SnapshotWriter<'_>, SnapshotError> {
+        let (file, tmp) = self.temporary()?;
+        let mut out = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
+        // A placeholder: the length, index and CRC are known only at `finish`.
+        out.write_all(&[0; HEADER_BYTES])
             .map_err(|e| SnapshotError::io("write", &tmp, e))?;
-        file.sync_all()
-            .map_err(|e| SnapshotError::io("fsync", &tmp, e))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(|e| SnapshotError::io("rename", &tmp, e))?;
-        sync_dir(&self.dir)?;
-        tracing::info!(index, bytes = data.len(), path = %path.display(), "snapshot saved");
-        self.prune()
+        Ok(SnapshotWriter {
+            store: self,
+            out: Some(out),
+            tmp,
+            payload_crc: 0,
+            payload_len: 0,
+        })
+    }
+
+    /// A new temporary file (read-write, empty) to receive a leader's snapshot file into, and
+    /// its path. The caller removes it when done; a restart removes leftovers.
+    pub fn receive(&self) -> Result<(File, PathBuf), SnapshotError> {
+        self.temporary()
+    }
+
+    /// Checks that `bytes` (a snapshot file received from a leader) is a whole, undamaged
+    /// snapshot file for `index`; returns its payload, to be decoded and then stored through
+    /// [`SnapshotStore::writer`].
+    pub fn check_received(mut bytes: Vec<u8>, index: u64) -> Result<Vec<u8>, SnapshotError> {
+        check(&bytes, index).map_err(|reason| SnapshotError::Received { reason })?;
+        bytes.drain(..HEADER_BYTES);
+        Ok(bytes)
+    }
+
+    /// The snapshot file at `index`, opened for reading at its first byte (header included:
+    /// what a leader sends a follower), or `None` if there is none.
+    pub fn open_file(&self, index: u64) -> Result<Option<File>, SnapshotError> {
+        let path = self.dir.join(file_name(index));
+        match File::open(&path) {
+            Ok(file) => Ok(Some(file)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(SnapshotError::io("open", &path, error)),
+        }
     }
 
     /// The newest snapshot that checks out, as (index, payload). A corrupt newer file is
@@ -142,6 +165,34 @@ impl SnapshotStore {
         Ok(snapshots)
     }
 
+    fn temporary(&self) -> Result<(File, PathBuf), SnapshotError> {
+        let number = self.temporaries.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!("incoming-{number}{TMP_SUFFIX}"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| SnapshotError::io("create", &tmp, e))?;
+        Ok((file, tmp))
+    }
+
+    /// Renames the complete, fsynced file `tmp` into place as the snapshot at `index`
+    /// (replacing one at the same index), fsyncs the directory, then keeps only the newest
+    /// `SNAPSHOTS_KEPT_MAX` snapshots by index.
+    fn install(&self, tmp: &Path, index: u64) -> Result<(), SnapshotError> {
+        let _guard = self
+            .install_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let path = self.dir.join(file_name(index));
+        fs::rename(tmp, &path).map_err(|e| SnapshotError::io("rename", tmp, e))?;
+        sync_dir(&self.dir)?;
+        tracing::info!(index, path = %path.display(), "snapshot saved");
+        self.prune()
+    }
+
     /// Removes all but the newest `SNAPSHOTS_KEPT_MAX` snapshots, oldest first.
     fn prune(&self) -> Result<(), SnapshotError> {
         let snapshots = self.list()?;
@@ -153,6 +204,67 @@ impl SnapshotStore {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+/// A snapshot being written; see [`SnapshotStore::writer`].
+pub struct SnapshotWriter<'a> {
+    store: &'a SnapshotStore,
+    /// `None` once finished.
+    out: Option<BufWriter<File>>,
+    tmp: PathBuf,
+    /// CRC-32C of the payload written so far.
+    payload_crc: u32,
+    payload_len: u64,
+}
+
+impl Write for SnapshotWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let out = self.out.as_mut().expect("a finished writer is consumed");
+        let written = out.write(buf)?;
+        self.payload_crc = crc32c::crc32c_append(self.payload_crc, &buf[..written]);
+        self.payload_len += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out
+            .as_mut()
+            .expect("a finished writer is consumed")
+            .flush()
+    }
+}
+
+impl SnapshotWriter<'_> {
+    /// Completes the file as the snapshot at `index` (header, fsync) and installs it: renamed
+    /// into place, directory fsynced, older snapshots pruned.
+    pub fn finish(mut self, index: u64) -> Result<(), SnapshotError> {
+        assert!(
+            self.payload_len <= SNAPSHOT_BYTES_MAX,
+            "snapshot at {index}: {} bytes, the maximum is {SNAPSHOT_BYTES_MAX}",
+            self.payload_len
+        );
+        let out = self.out.take().expect("finish runs once");
+        let mut file = out
+            .into_inner()
+            .map_err(|e| SnapshotError::io("write", &self.tmp, e.into_error()))?;
+        let header = encode_header(index, self.payload_len, self.payload_crc);
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&header))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| SnapshotError::io("write header", &self.tmp, e))?;
+        drop(file);
+        self.store.install(&self.tmp, index)
+    }
+}
+
+impl Drop for SnapshotWriter<'_> {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            // Abandoned (an error while writing): the partial file is of no use. Failing to
+            // remove it is harmless, the next open removes it.
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -168,13 +280,21 @@ fn parse_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
-fn encode_header(index: u64, data: &[u8]) -> [u8; HEADER_BYTES] {
+/// The header of a snapshot at `index` whose payload has `payload_len` bytes and the CRC-32C
+/// `payload_crc`. The stored CRC covers the header fields followed by the payload; the payload
+/// was streamed before the header was known, so the two CRCs are combined.
+fn encode_header(index: u64, payload_len: u64, payload_crc: u32) -> [u8; HEADER_BYTES] {
     let mut header = [0u8; HEADER_BYTES];
     header[0..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
     header[12..20].copy_from_slice(&index.to_le_bytes());
-    header[20..28].copy_from_slice(&(data.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..CRC_OFFSET]), data);
+    header[20..28].copy_from_slice(&payload_len.to_le_bytes());
+    let payload_len = usize::try_from(payload_len).expect("a snapshot payload fits in memory");
+    let crc = crc32c::crc32c_combine(
+        crc32c::crc32c(&header[..CRC_OFFSET]),
+        payload_crc,
+        payload_len,
+    );
     header[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     header
 }
@@ -237,7 +357,7 @@ mod tests {
     #[test]
     fn header_and_payload_damage_is_detected() {
         let data = b"engine bytes";
-        let mut bytes = encode_header(9, data).to_vec();
+        let mut bytes = encode_header(9, data.len() as u64, crc32c::crc32c(data)).to_vec();
         bytes.extend_from_slice(data);
         assert_eq!(check(&bytes, 9), Ok(()));
         assert_eq!(

@@ -127,6 +127,11 @@ async fn every_listed_metric_is_exposed_with_etcds_type() {
         ("etcd_server_proposals_failed_total", "counter"),
         ("etcd_disk_wal_fsync_duration_seconds", "histogram"),
         ("etcd_disk_backend_commit_duration_seconds", "histogram"),
+        (
+            "etcd_debugging_snap_save_total_duration_seconds",
+            "histogram",
+        ),
+        ("etcd_network_snapshot_receive_success", "counter"),
         ("etcd_mvcc_db_total_size_in_bytes", "gauge"),
         ("etcd_debugging_mvcc_keys_total", "gauge"),
         ("etcd_server_version", "gauge"),
@@ -152,6 +157,7 @@ async fn every_listed_metric_is_exposed_with_etcds_type() {
         1.0
     );
     assert!(scrape.plain("etcd_mvcc_db_total_size_in_bytes") > 0.0);
+    assert_eq!(scrape.plain("etcd_network_snapshot_receive_success"), 0.0);
     assert!(scrape.plain("process_resident_memory_bytes") > 1e6);
     let started = scrape.plain("process_start_time_seconds");
     let now = std::time::SystemTime::now()

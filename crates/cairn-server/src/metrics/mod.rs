@@ -140,6 +140,7 @@ fn server_metrics(out: &mut Exposition, node: &Node) {
 
 fn disk_and_mvcc_metrics(out: &mut Exposition, node: &Node) {
     let replica = node.replica();
+    let consensus = replica.consensus_metrics();
     out.histogram(
         "etcd_disk_wal_fsync_duration_seconds",
         "The latency distributions of fsync called by WAL (group-commit fdatasync of the raft \
@@ -151,7 +152,19 @@ fn disk_and_mvcc_metrics(out: &mut Exposition, node: &Node) {
         "The latency distributions of commit called by backend. Cairn: applying one batch of \
          committed raft entries to the state machine (engine writes under the store lock); the \
          memory engine has no separate commit.",
-        &replica.consensus_metrics().apply_seconds,
+        &consensus.apply_seconds,
+    );
+    out.histogram(
+        "etcd_debugging_snap_save_total_duration_seconds",
+        "The total latency distributions of save called by snapshot (Cairn: streaming the whole \
+         state into a snapshot file and fsyncing it).",
+        &consensus.snapshot_save_seconds,
+    );
+    out.counter(
+        "etcd_network_snapshot_receive_success",
+        "Total number of successful snapshot receives (Cairn: snapshots received from a leader \
+         and installed, all senders together).",
+        consensus.snapshots_received as f64,
     );
     let (size_bytes, keys) = {
         let store = node.store();

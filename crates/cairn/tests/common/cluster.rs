@@ -181,7 +181,12 @@ impl CairnCluster {
                     .into_iter()
                     .flatten(),
             )
-            .args(["--snapshot-count", "2000"])
+            .args(
+                (!extra_args.iter().any(|arg| arg == "--snapshot-count"))
+                    .then_some(["--snapshot-count", "2000"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--log-level", "warn", "--log-listen="])
             .args(["--listen-native-addr", &member.native_endpoint()])
             .args(&extra_args)
