@@ -21,8 +21,10 @@
 //!
 //! A retry timer (default 1 s) resends an unfinished command to every replica; a replica
 //! that applied it answers from its session table (exactly once). Leader changes need
-//! nothing else: every replica gets every command, and the new leader's recovery keeps what
-//! completed.
+//! nothing else for correctness: every replica gets every command, and the new leader's
+//! recovery keeps what completed. For speed, a member that starts serving as leader (its
+//! recovery done) says so on every native connection (`Serving`), and the session resends
+//! everything in flight at once instead of waiting for the timer.
 //!
 //! Layout: `config`, `link` (one replica connection: FIFO writer, reader, reconnect,
 //! emulated delay), `session` (commands, completion, read-your-writes), `error`.

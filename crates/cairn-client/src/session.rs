@@ -48,6 +48,9 @@ struct State {
     strong: Mutex<HashMap<CommandId, StrongInFlight>>,
     weak: Mutex<HashMap<CommandId, Answer<()>>>,
     bound: Mutex<HashMap<u64, Answer<BoundAnswer>>>,
+    /// Bumped when a replica announces it serves as a new leader: everything in flight is
+    /// resent at once rather than on the retry timer.
+    new_leader: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +140,14 @@ impl Dispatch for State {
                 }
             }
             Message::Error(error) => self.fail(&error),
+            Message::Serving(serving) => {
+                tracing::debug!(
+                    replica = serving.member_id,
+                    term = serving.term,
+                    "a new leader serves; resending what is in flight"
+                );
+                self.new_leader.send_modify(|generation| *generation += 1);
+            }
         }
     }
 }
@@ -219,6 +230,7 @@ impl Session {
             strong: Mutex::new(HashMap::new()),
             weak: Mutex::new(HashMap::new()),
             bound: Mutex::new(HashMap::new()),
+            new_leader: tokio::sync::watch::channel(0).0,
         });
         let links = config
             .endpoints
@@ -507,7 +519,8 @@ impl Session {
         outcome
     }
 
-    /// Waits for `done`, calling `resend` every retry period, up to the timeout.
+    /// Waits for `done`, calling `resend` every retry period and whenever a new leader
+    /// announces it serves, up to the timeout.
     async fn await_retrying<T, F, Fut>(
         &self,
         mut done: oneshot::Receiver<Result<T, ClientError>>,
@@ -518,6 +531,7 @@ impl Session {
         Fut: Future<Output = ()>,
     {
         let deadline = Instant::now() + self.config.timeout;
+        let mut new_leader = self.state.new_leader.subscribe();
         loop {
             let retry_at = (Instant::now() + self.config.retry).min(deadline);
             tokio::select! {
@@ -528,6 +542,8 @@ impl Session {
                     }
                     resend().await;
                 }
+                // The sender lives in `state`, as long as this session.
+                Ok(()) = new_leader.changed() => resend().await,
             }
         }
     }

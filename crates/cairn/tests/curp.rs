@@ -386,6 +386,73 @@ async fn no_completed_strong_write_is_lost_when_the_leader_is_killed() {
     }
 }
 
+/// A write sent while there is no leader completes as soon as the new leader serves: the new
+/// leader announces itself (`Serving`) and the session resends at once. The retry timer is set
+/// far beyond the test, so only the announcement can finish the write in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_announces_itself_and_in_flight_writes_finish_without_the_retry_timer() {
+    const RETRY: Duration = Duration::from_secs(60);
+    let _serial = SERIAL.lock().await;
+    let mut cluster = CairnCluster::start(3).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let follower = (leader + 1) % 3;
+    let mut survivors = Vec::new();
+    for index in (0..3).filter(|index| *index != leader) {
+        let raw = Raw::connect(&cluster.members[index].native_endpoint()).await;
+        survivors.push((index, raw));
+    }
+    let endpoints = cluster
+        .members
+        .iter()
+        .map(|m| m.native_endpoint())
+        .collect();
+    let session = Session::connect(SessionConfig {
+        bound: follower,
+        retry: RETRY,
+        timeout: RETRY,
+        ..SessionConfig::new(endpoints)
+    })
+    .await
+    .expect("native session");
+    session
+        .strong(put("before", "1"))
+        .await
+        .expect("a write with the leader up");
+
+    cluster.kill9(leader);
+    let started = tokio::time::Instant::now();
+    let outcome = session
+        .strong(put("during", "2"))
+        .await
+        .expect("the write sent while there was no leader");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < RETRY / 4,
+        "took {elapsed:?}: finished by the retry timer, not by the announcement"
+    );
+    assert!(outcome.path.is_some(), "a strong write reports its path");
+
+    let new_leader = cluster.leader(LEADER_WAIT).await;
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        etcd_value(&cluster, new_leader, "during").await.as_deref(),
+        Some("2")
+    );
+    // A plain connection to the member that now leads heard the announcement.
+    let (_, raw) = survivors
+        .iter_mut()
+        .find(|(index, _)| *index == new_leader)
+        .expect("the new leader survived");
+    let serving = match raw.receive().await {
+        server_message::Message::Serving(serving) => serving,
+        other => panic!("expected the new leader's announcement, got {other:?}"),
+    };
+    let status = cluster.status(new_leader).await.expect("status");
+    let header = status.header.expect("header");
+    assert_eq!(serving.member_id, header.member_id);
+    assert_eq!(serving.term, status.raft_term);
+}
+
 async fn timed_put(session: &Session, key: &str) -> (Option<Path>, Duration) {
     let started = tokio::time::Instant::now();
     let outcome = session.strong(put(key, "v")).await.expect("put");

@@ -209,6 +209,12 @@ impl NativeState {
         *self.serving.borrow()
     }
 
+    /// Watches [`NativeState::serving_term`]: it changes when this member starts or stops
+    /// serving as leader.
+    pub fn watch_serving(&self) -> watch::Receiver<Term> {
+        self.serving.subscribe()
+    }
+
     /// Decides, for each request of one entry, whether it is applied. A command repeated
     /// inside the entry is applied once.
     pub(crate) fn admit(&self, requests: &[InternalRequest]) -> Vec<Admission> {

@@ -34,6 +34,7 @@ pub(super) async fn run(stream: TcpStream, node: Node) {
     let (read, write) = stream.into_split();
     let (sender, receiver) = mpsc::channel(NATIVE_REPLIES_QUEUED_MAX);
     let writer = tokio::spawn(write_replies(write, receiver));
+    let announcer = tokio::spawn(announce_serving(node.clone(), sender.clone()));
     let mut stopping = node.stopping();
     let mut reader = BufReader::new(read);
     let frame_max = node.config().max_request_bytes + NATIVE_FRAME_OVERHEAD_BYTES;
@@ -64,8 +65,30 @@ pub(super) async fn run(stream: TcpStream, node: Node) {
             }
         }
     }
+    announcer.abort();
     drop(sender);
     let _ = writer.await;
+}
+
+/// Tells the client each time this member starts serving native commands as leader (after
+/// its recovery), so that it resends what it has in flight at once (`curppb.Serving`). A
+/// separate task: the reader must not be interrupted in the middle of a frame.
+async fn announce_serving(node: Node, sender: mpsc::Sender<Outgoing>) {
+    let member_id = node.identity().member_id;
+    let mut serving = node.replica().native().watch_serving();
+    while serving.changed().await.is_ok() {
+        let term = *serving.borrow_and_update();
+        if term == 0 {
+            continue;
+        }
+        let message = reply(server_message::Message::Serving(curppb::Serving {
+            member_id,
+            term,
+        }));
+        if sender.send(Outgoing::Now(message)).await.is_err() {
+            return;
+        }
+    }
 }
 
 enum Frame {
