@@ -205,12 +205,7 @@ impl KvStore {
         self.alarms.iter().copied().collect()
     }
 
-    /// The whole state as bytes, in memory (the Maintenance Snapshot stream).
-    pub fn encode_snapshot(&self) -> Vec<u8> {
-        self.engine.encode_snapshot()
-    }
-
-    /// Streams the whole state to `out` (a snapshot file).
+    /// Streams the whole state to `out` (a snapshot file, the Maintenance Snapshot stream).
     pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         self.engine.write_snapshot(out)
     }

@@ -91,15 +91,6 @@ pub trait Engine: Send + Sync + 'static {
     /// for the format). Streamed, not returned: a snapshot file must not cost a second copy of
     /// the state in memory.
     fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
-
-    /// The snapshot bytes of [`Engine::write_snapshot`] in memory (the Maintenance Snapshot
-    /// stream and tests).
-    fn encode_snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.write_snapshot(&mut out)
-            .expect("writing into a Vec cannot fail");
-        out
-    }
 }
 
 /// Why an engine could not be rebuilt from snapshot bytes. The bytes come from disk, so this is

@@ -53,7 +53,7 @@ impl MemoryEngine {
         }
     }
 
-    /// Rebuilds an engine from `encode_snapshot` output.
+    /// Rebuilds an engine from `write_snapshot` output.
     pub fn decode_snapshot(data: &[u8]) -> Result<MemoryEngine, EngineError> {
         let mut reader = Reader { data, pos: 0 };
         if reader.take(MAGIC.len())? != MAGIC {
@@ -261,7 +261,8 @@ mod tests {
     #[test]
     fn snapshot_round_trips_and_rejects_damage() {
         let engine = sample();
-        let bytes = engine.encode_snapshot();
+        let mut bytes = Vec::new();
+        engine.write_snapshot(&mut bytes).expect("into a Vec");
         let restored = MemoryEngine::decode_snapshot(&bytes).expect("decodes");
         assert_eq!(restored.buckets, engine.buckets);
         assert_eq!(restored.size_bytes(), engine.size_bytes());

@@ -110,9 +110,18 @@ impl TestStore {
         result
     }
 
+    /// The store's snapshot bytes, as a snapshot file holds them.
+    fn snapshot_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.store
+            .write_snapshot(&mut bytes)
+            .expect("writing into a Vec cannot fail");
+        bytes
+    }
+
     /// Restarts the store from its snapshot bytes, as a node does after a crash.
     pub fn restart(&mut self) {
-        let snapshot = self.store.encode_snapshot();
+        let snapshot = self.snapshot_bytes();
         let engine = MemoryEngine::decode_snapshot(&snapshot).expect("snapshot decodes");
         self.store = KvStore::open(Box::new(engine), self.config.clone());
         self.store.validate();
@@ -121,7 +130,7 @@ impl TestStore {
 
     /// An independent copy of the store (same bytes), as another replica would hold it.
     pub fn twin(&self) -> TestStore {
-        let snapshot = self.store.encode_snapshot();
+        let snapshot = self.snapshot_bytes();
         let engine = MemoryEngine::decode_snapshot(&snapshot).expect("snapshot decodes");
         TestStore {
             store: KvStore::open(Box::new(engine), self.config.clone()),
@@ -264,7 +273,7 @@ impl TestStore {
     /// Every history record the engine physically holds, in revision order: (revision,
     /// tombstone, record). Read from the snapshot bytes, so it sees what a restart would.
     pub fn records(&self) -> Vec<(Revision, bool, KeyValue)> {
-        let snapshot = self.store.encode_snapshot();
+        let snapshot = self.snapshot_bytes();
         let engine = MemoryEngine::decode_snapshot(&snapshot).expect("snapshot decodes");
         let mut records = Vec::new();
         engine.scan(Bucket::Key, &[], None, &mut |key, value| {

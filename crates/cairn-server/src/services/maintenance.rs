@@ -1,5 +1,6 @@
 //! The Maintenance service: Status, Alarm, Hash, HashKV, Snapshot, Defragment, MoveLeader.
 
+use cairn_mvcc::KvStore;
 use cairn_proto::cairnpb::internal_request::Request as Internal;
 use cairn_proto::etcdserverpb::maintenance_server::Maintenance;
 use cairn_proto::etcdserverpb::{
@@ -136,10 +137,7 @@ impl Maintenance for MaintenanceService {
         self.node.admin(request.metadata())?;
         let (data, revision) = {
             let store = self.node.store();
-            (
-                snapshot_body(store.encode_snapshot()),
-                store.current_revision(),
-            )
+            (snapshot_body(&store), store.current_revision())
         };
         let header = Some(self.node.header(revision));
         let (out, responses) = mpsc::channel(4);
@@ -194,13 +192,20 @@ impl Maintenance for MaintenanceService {
     }
 }
 
-/// Frames an engine snapshot as the Snapshot stream body (see `snapshot`).
-fn snapshot_body(engine_snapshot: Vec<u8>) -> Vec<u8> {
+/// The Snapshot stream body of `store` (see `snapshot`), written in place: one copy of the
+/// state, not two. The capacity is the quota's estimate of the state, which is above the
+/// encoded size; pages of it that are never written cost no memory.
+fn snapshot_body(store: &KvStore) -> Vec<u8> {
     const ALIGN: usize = 512;
-    let framed = 8 + engine_snapshot.len();
-    let mut body = Vec::with_capacity(framed.div_ceil(ALIGN) * ALIGN);
-    body.extend_from_slice(&(engine_snapshot.len() as u64).to_be_bytes());
-    body.extend_from_slice(&engine_snapshot);
-    body.resize(framed.div_ceil(ALIGN) * ALIGN, 0);
+    const LENGTH_BYTES: usize = 8;
+    let estimate = usize::try_from(store.size_bytes()).unwrap_or(0);
+    let mut body = Vec::with_capacity(LENGTH_BYTES + estimate);
+    body.resize(LENGTH_BYTES, 0);
+    store
+        .write_snapshot(&mut body)
+        .expect("writing into a Vec cannot fail");
+    let engine_snapshot = (body.len() - LENGTH_BYTES) as u64;
+    body[..LENGTH_BYTES].copy_from_slice(&engine_snapshot.to_be_bytes());
+    body.resize(body.len().div_ceil(ALIGN) * ALIGN, 0);
     body
 }
