@@ -1,13 +1,15 @@
 //! The Maintenance service: Status, Alarm, Hash, HashKV, Snapshot, Defragment, MoveLeader.
 
-use cairn_mvcc::KvStore;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+
 use cairn_proto::cairnpb::internal_request::Request as Internal;
 use cairn_proto::etcdserverpb::maintenance_server::Maintenance;
 use cairn_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
     DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -15,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
-use crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
+use crate::limits::{SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_WRITE_BUFFER_BYTES};
 use crate::node::Node;
 
 /// The etcd version Cairn speaks, as clients (Kubernetes) check it. Cairn's own version is in
@@ -135,35 +137,14 @@ impl Maintenance for MaintenanceService {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.node.admin(request.metadata())?;
-        let (data, revision) = {
-            let store = self.node.store();
-            (snapshot_body(&store), store.current_revision())
-        };
+        let node = self.node.clone();
+        let (body, revision) = tokio::task::spawn_blocking(move || write_snapshot_body(&node))
+            .await
+            .map_err(|error| Status::internal(format!("snapshot: {error}")))?
+            .map_err(|error| Status::internal(format!("snapshot: {error}")))?;
         let header = Some(self.node.header(revision));
         let (out, responses) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let digest = Sha256::digest(&data);
-            let total = data.len();
-            for (position, chunk) in data.chunks(SNAPSHOT_CHUNK_BYTES_MAX).enumerate() {
-                let sent = position * SNAPSHOT_CHUNK_BYTES_MAX + chunk.len();
-                let response = SnapshotResponse {
-                    header,
-                    remaining_bytes: (total - sent) as u64,
-                    blob: chunk.to_vec(),
-                    version: ETCD_VERSION.into(),
-                };
-                if out.send(Ok(response)).await.is_err() {
-                    return;
-                }
-            }
-            let last = SnapshotResponse {
-                header,
-                remaining_bytes: 0,
-                blob: digest.to_vec(),
-                version: ETCD_VERSION.into(),
-            };
-            let _ = out.send(Ok(last)).await;
-        });
+        tokio::task::spawn_blocking(move || stream_snapshot_body(body, header, out));
         Ok(Response::new(ReceiverStream::new(responses)))
     }
 
@@ -192,20 +173,68 @@ impl Maintenance for MaintenanceService {
     }
 }
 
-/// The Snapshot stream body of `store` (see `snapshot`), written in place: one copy of the
-/// state, not two. The capacity is the quota's estimate of the state, which is above the
-/// encoded size; pages of it that are never written cost no memory.
-fn snapshot_body(store: &KvStore) -> Vec<u8> {
-    const ALIGN: usize = 512;
-    const LENGTH_BYTES: usize = 8;
-    let estimate = usize::try_from(store.size_bytes()).unwrap_or(0);
-    let mut body = Vec::with_capacity(LENGTH_BYTES + estimate);
-    body.resize(LENGTH_BYTES, 0);
-    store
-        .write_snapshot(&mut body)
-        .expect("writing into a Vec cannot fail");
-    let engine_snapshot = (body.len() - LENGTH_BYTES) as u64;
-    body[..LENGTH_BYTES].copy_from_slice(&engine_snapshot.to_be_bytes());
-    body.resize(body.len().div_ceil(ALIGN) * ALIGN, 0);
-    body
+/// Writes the Snapshot stream body of the current state (see `snapshot`) into an unnamed
+/// temporary file in the data dir and returns it, at its start, with the revision it holds.
+/// The state is written under the store's read lock (writes wait, reads go on) but never held
+/// in memory: a snapshot of a large state must not double the member's RSS, and the stream to
+/// a slow client must not hold the lock.
+fn write_snapshot_body(node: &Node) -> std::io::Result<(File, i64)> {
+    const ALIGN: u64 = 512;
+    const LENGTH_BYTES: u64 = 8;
+    let file = tempfile::tempfile_in(&node.config().data_dir)?;
+    let mut out = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
+    out.write_all(&[0; LENGTH_BYTES as usize])?;
+    let revision = {
+        let store = node.store();
+        store.write_snapshot(&mut out)?;
+        store.current_revision()
+    };
+    let mut file = out.into_inner().map_err(|error| error.into_error())?;
+    let written = file.stream_position()?;
+    // Zero padding to the alignment, then the engine snapshot's length in front.
+    file.set_len(written.div_ceil(ALIGN) * ALIGN)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&(written - LENGTH_BYTES).to_be_bytes())?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok((file, revision))
+}
+
+/// Sends `body` in chunks, then its SHA-256 (computed on the way), on a blocking thread.
+fn stream_snapshot_body(
+    mut body: File,
+    header: Option<ResponseHeader>,
+    out: mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    let response = |remaining_bytes, blob| SnapshotResponse {
+        header,
+        remaining_bytes,
+        blob,
+        version: ETCD_VERSION.into(),
+    };
+    let total = match body.metadata() {
+        Ok(metadata) => metadata.len(),
+        Err(error) => {
+            let _ = out.blocking_send(Err(Status::internal(format!("snapshot: {error}"))));
+            return;
+        }
+    };
+    let mut digest = Sha256::new();
+    let mut chunk = vec![0; SNAPSHOT_CHUNK_BYTES_MAX];
+    let mut sent = 0;
+    while sent < total {
+        let len = (total - sent).min(chunk.len() as u64) as usize;
+        if let Err(error) = body.read_exact(&mut chunk[..len]) {
+            let _ = out.blocking_send(Err(Status::internal(format!("snapshot: {error}"))));
+            return;
+        }
+        digest.update(&chunk[..len]);
+        sent += len as u64;
+        if out
+            .blocking_send(Ok(response(total - sent, chunk[..len].to_vec())))
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = out.blocking_send(Ok(response(0, digest.finalize().to_vec())));
 }
