@@ -372,7 +372,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         blocking(self.synchronous, move || {
             let mut writer = snapshots.writer().map_err(|error| error.to_string())?;
             writer.write_all(&data).map_err(|error| error.to_string())?;
-            writer.finish(index).map_err(|error| error.to_string())
+            writer.finish(index).map_err(|error| error.to_string())?;
+            Ok(())
         })
         .await
         .map_err(|error| refuse(error.to_string()))?
@@ -434,9 +435,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             let meta = applied.snapshot_meta();
             let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
-            writer.finish(index).map_err(std::io::Error::other)?;
-            let file = snapshots.open_file(index).map_err(std::io::Error::other)?;
-            let file = file.ok_or_else(|| std::io::Error::other("the new snapshot is gone"))?;
+            let file = writer.finish(index).map_err(std::io::Error::other)?;
             Ok((meta, file))
         })
         .await

@@ -21,9 +21,6 @@ pub const KEEPALIVE_RESPONSES_QUEUED_MAX: usize = 64;
 /// Leases revoked per expiry tick; the rest wait for the next tick (etcd: 1000/s).
 pub const LEASE_REVOKES_PER_TICK_MAX: usize = 500;
 
-/// Buffer between the store and the temporary file a Snapshot stream is written into.
-pub const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
-
 /// Bytes per Snapshot stream chunk (etcd: 32 KiB).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 32 * 1024;
 

@@ -237,8 +237,9 @@ impl Write for SnapshotWriter<'_> {
 
 impl SnapshotWriter<'_> {
     /// Completes the file as the snapshot at `index` (header, fsync) and installs it: renamed
-    /// into place, directory fsynced, older snapshots pruned.
-    pub fn finish(mut self, index: u64) -> Result<(), SnapshotError> {
+    /// into place, directory fsynced, older snapshots pruned. Returns the file, open at its
+    /// first byte (what a leader sends a follower).
+    pub fn finish(mut self, index: u64) -> Result<File, SnapshotError> {
         assert!(
             self.payload_len <= SNAPSHOT_BYTES_MAX,
             "snapshot at {index}: {} bytes, the maximum is {SNAPSHOT_BYTES_MAX}",
@@ -252,9 +253,10 @@ impl SnapshotWriter<'_> {
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&header))
             .and_then(|()| file.sync_all())
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
             .map_err(|e| SnapshotError::io("write header", &self.tmp, e))?;
-        drop(file);
-        self.store.install(&self.tmp, index)
+        self.store.install(&self.tmp, index)?;
+        Ok(file)
     }
 }
 

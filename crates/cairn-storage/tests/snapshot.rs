@@ -19,7 +19,7 @@ fn save(store: &SnapshotStore, index: u64, data: &[u8]) -> Result<(), SnapshotEr
     for piece in data.chunks(7) {
         writer.write_all(piece).unwrap();
     }
-    writer.finish(index)
+    writer.finish(index).map(drop)
 }
 
 fn snapshot_files(dir: &Path) -> Vec<String> {
@@ -147,14 +147,19 @@ fn an_abandoned_writer_leaves_no_file() {
     assert_eq!(store.load_latest().unwrap(), Some((5, payload(5))));
 }
 
-/// What a leader sends: its snapshot file, byte for byte.
+/// What a leader sends: its snapshot file, byte for byte (the file `finish` hands back and
+/// the one `open_file` opens hold the same bytes).
 fn leader_file(index: u64) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let store = SnapshotStore::open(dir.path()).unwrap();
-    save(&store, index, &payload(index)).unwrap();
+    let mut writer = store.writer().unwrap();
+    writer.write_all(&payload(index)).unwrap();
+    let mut finished = Vec::new();
+    std::io::Read::read_to_end(&mut writer.finish(index).unwrap(), &mut finished).unwrap();
     let mut bytes = Vec::new();
     let mut file = store.open_file(index).unwrap().expect("just saved");
     std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();
+    assert_eq!(finished, bytes);
     assert_eq!(store.open_file(index + 1).unwrap().map(|_| ()), None);
     bytes
 }

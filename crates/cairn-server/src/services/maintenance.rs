@@ -11,13 +11,14 @@ use cairn_proto::etcdserverpb::{
     MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
     StatusRequest, StatusResponse,
 };
+use cairn_storage::limits::SNAPSHOT_WRITE_BUFFER_BYTES;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
-use crate::limits::{SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_WRITE_BUFFER_BYTES};
+use crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
 use crate::node::Node;
 
 /// The etcd version Cairn speaks, as clients (Kubernetes) check it. Cairn's own version is in
@@ -140,8 +141,8 @@ impl Maintenance for MaintenanceService {
         let node = self.node.clone();
         let (body, revision) = tokio::task::spawn_blocking(move || write_snapshot_body(&node))
             .await
-            .map_err(|error| Status::internal(format!("snapshot: {error}")))?
-            .map_err(|error| Status::internal(format!("snapshot: {error}")))?;
+            .map_err(snapshot_failed)?
+            .map_err(snapshot_failed)?;
         let header = Some(self.node.header(revision));
         let (out, responses) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || stream_snapshot_body(body, header, out));
@@ -199,6 +200,11 @@ fn write_snapshot_body(node: &Node) -> std::io::Result<(File, i64)> {
     Ok((file, revision))
 }
 
+/// A Snapshot stream that failed on this member's side (temporary file, thread).
+fn snapshot_failed(error: impl std::fmt::Display) -> Status {
+    Status::internal(format!("snapshot: {error}"))
+}
+
 /// Sends `body` in chunks, then its SHA-256 (computed on the way), on a blocking thread.
 fn stream_snapshot_body(
     mut body: File,
@@ -214,7 +220,7 @@ fn stream_snapshot_body(
     let total = match body.metadata() {
         Ok(metadata) => metadata.len(),
         Err(error) => {
-            let _ = out.blocking_send(Err(Status::internal(format!("snapshot: {error}"))));
+            let _ = out.blocking_send(Err(snapshot_failed(error)));
             return;
         }
     };
@@ -224,7 +230,7 @@ fn stream_snapshot_body(
     while sent < total {
         let len = (total - sent).min(chunk.len() as u64) as usize;
         if let Err(error) = body.read_exact(&mut chunk[..len]) {
-            let _ = out.blocking_send(Err(Status::internal(format!("snapshot: {error}"))));
+            let _ = out.blocking_send(Err(snapshot_failed(error)));
             return;
         }
         digest.update(&chunk[..len]);
