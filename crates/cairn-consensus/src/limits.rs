@@ -19,6 +19,11 @@ pub const PEER_CALLS_SERVED_MAX: usize = 1024;
 /// Bytes a peer connection's writer gathers from its queue into one write.
 pub const PEER_WRITE_BATCH_BYTES: usize = 1024 * 1024;
 
+/// Bytes of durable raft entries the log store keeps in memory (entries not yet durable are
+/// kept whatever their size); older ones are read back from the WAL. Covers the replication
+/// pipeline and the apply lag many times over at full load.
+pub const LOG_CACHE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 /// Readers that may wait for one read-index round.
 pub const READ_INDEX_WAITERS_MAX: usize = 65_536;
 

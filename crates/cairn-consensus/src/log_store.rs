@@ -9,8 +9,13 @@
 //!
 //! Durability: `append` queues the entries and returns; the WAL's group-commit thread fsyncs
 //! and only then reports them flushed to openraft. The vote is durable before `save_vote`
-//! returns. Entries stay in memory from the last purge on (the snapshot policy bounds them),
-//! so replication to a lagging follower never reads the disk.
+//! returns.
+//!
+//! Memory: only the newest entries stay in memory (`LOG_CACHE_BYTES_MAX` in production, and
+//! always every entry not yet durable, which openraft replicates before the local fsync).
+//! Older ones are read back from the WAL, which lists where each record sits: for a follower
+//! far behind, or the state machine catching up after a restart. Before, every entry since the
+//! last snapshot (up to `--snapshot-count` requests, ~30 MB at etcd's default) sat in memory.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -32,54 +37,166 @@ use crate::wire;
 
 const HARD_STATE_FILE: &str = "hard_state";
 
-/// Entries not yet purged, contiguous by index. Shared with the readers openraft's
-/// replication tasks hold.
+/// The newest entries of the log, contiguous by index, shared with the readers openraft's
+/// replication tasks hold. Invariant: `entries` is a suffix of the unpurged log (empty only when
+/// that is), and every unpurged entry before it is durable in the WAL.
 #[derive(Default)]
 struct LogCache {
-    entries: VecDeque<Entry>,
+    entries: VecDeque<Cached>,
+    /// Sum of `Cached::bytes`.
+    bytes: usize,
+    /// Bytes of durable entries kept (see `evict`).
+    bytes_max: usize,
+    /// Raft index of the oldest entry of the log (in memory or only in the WAL); `None` when
+    /// the log holds none.
+    oldest: Option<u64>,
+}
+
+struct Cached {
+    entry: Entry,
+    /// Size of the entry's WAL record payload, as the cost of keeping it.
+    bytes: usize,
 }
 
 impl LogCache {
     fn first_index(&self) -> Option<u64> {
-        self.entries.front().map(|entry| entry.log_id.index)
+        self.entries.front().map(|cached| cached.entry.log_id.index)
     }
 
-    fn push(&mut self, entry: Entry) {
-        if let Some(last) = self.entries.back() {
+    fn last(&self) -> Option<LogId> {
+        self.entries.back().map(|cached| cached.entry.log_id)
+    }
+
+    fn push(&mut self, entry: Entry, bytes: usize) {
+        if let Some(last) = self.last() {
             assert_eq!(
-                last.log_id.index + 1,
+                last.index + 1,
                 entry.log_id.index,
                 "log store: entry {} does not follow {}",
                 entry.log_id.index,
-                last.log_id.index
+                last.index
             );
         }
-        self.entries.push_back(entry);
+        self.oldest.get_or_insert(entry.log_id.index);
+        self.bytes += bytes;
+        self.entries.push_back(Cached { entry, bytes });
     }
 
-    fn range(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
-        let Some(first) = self.first_index() else {
-            return Vec::new();
+    /// Drops the oldest entries, those at or below `durable` only, while more than `bytes_max`
+    /// are kept; the newest entry always stays (it is the log's last id).
+    fn evict(&mut self, durable: u64) {
+        while self.bytes > self.bytes_max && self.entries.len() > 1 {
+            let front = &self.entries[0];
+            if front.entry.log_id.index > durable {
+                break;
+            }
+            self.bytes -= front.bytes;
+            self.entries.pop_front();
+        }
+    }
+
+    /// Drops the entries at or above `cut`. Returns the index of the log's new last entry if
+    /// only the WAL still holds it: the caller reloads it, since memory must not be empty
+    /// while the log is not.
+    fn truncate(&mut self, cut: u64) -> Option<u64> {
+        while self.last().is_some_and(|last| last.index >= cut) {
+            let cached = self.entries.pop_back().expect("a last entry");
+            self.bytes -= cached.bytes;
+        }
+        if !self.entries.is_empty() {
+            return None;
+        }
+        match self.oldest {
+            Some(oldest) if oldest < cut => Some(cut - 1),
+            _ => {
+                self.oldest = None;
+                None
+            }
+        }
+    }
+
+    /// Drops the entries at or below `index`.
+    fn purge(&mut self, index: u64) {
+        while self.first_index().is_some_and(|first| first <= index) {
+            let cached = self.entries.pop_front().expect("a first entry");
+            self.bytes -= cached.bytes;
+        }
+        self.oldest = match self.entries.is_empty() {
+            true => None,
+            false => self.oldest.map(|oldest| oldest.max(index + 1)),
+        };
+    }
+
+    /// Splits a read of `range` into the part only the WAL still holds (raft indexes, both
+    /// ends included) and the entries from memory.
+    fn split(&self, range: impl RangeBounds<u64>) -> (Option<(u64, u64)>, Vec<Entry>) {
+        let (Some(cached_first), Some(lowest)) = (self.first_index(), self.oldest) else {
+            return (None, Vec::new());
         };
         let start = match range.start_bound() {
             Bound::Included(start) => *start,
             Bound::Excluded(start) => start + 1,
-            Bound::Unbounded => first,
-        };
-        let skip = start.saturating_sub(first) as usize;
-        self.entries
+            Bound::Unbounded => lowest,
+        }
+        .max(lowest);
+        let from_wal = match range.end_bound() {
+            _ if start >= cached_first => None,
+            Bound::Included(end) => Some((start, (*end).min(cached_first - 1))),
+            Bound::Excluded(end) => Some((start, end.saturating_sub(1).min(cached_first - 1))),
+            Bound::Unbounded => Some((start, cached_first - 1)),
+        }
+        .filter(|(first, last)| first <= last);
+        let skip = start.saturating_sub(cached_first) as usize;
+        let cached = self
+            .entries
             .iter()
             .skip(skip)
+            .map(|cached| &cached.entry)
             .take_while(|entry| range.contains(&entry.log_id.index))
             .cloned()
-            .collect()
+            .collect();
+        (from_wal, cached)
     }
 }
 
-/// Reads entries for openraft's replication tasks.
+/// Reads entries for openraft's replication tasks and state machine worker.
 #[derive(Clone)]
 pub struct LogReader {
     cache: Arc<Mutex<LogCache>>,
+    wal: Wal,
+    /// Read the WAL on the calling task (simulation; see `ReplicaConfig::synchronous_io`).
+    synchronous: bool,
+}
+
+impl LogReader {
+    /// Raft entries `first..=last` from the WAL (raft entry i is WAL record i + 1).
+    async fn read_wal(&self, first: u64, last: u64) -> Result<Vec<Entry>, StorageError> {
+        let wal = self.wal.clone();
+        let read = move || wal.read(first + 1, last + 1);
+        let records = if self.synchronous {
+            read()
+        } else {
+            tokio::task::spawn_blocking(read)
+                .await
+                .map_err(|error| StorageIOError::read_logs(&error))?
+        }
+        .map_err(|error| StorageIOError::read_logs(&error))?;
+        records
+            .iter()
+            .map(|record| match wire::decode_entry(&record.data) {
+                Ok(entry) if entry.log_id.index + 1 == record.index => Ok(entry),
+                Ok(entry) => Err(io::Error::other(format!(
+                    "WAL record {} holds raft entry {}",
+                    record.index, entry.log_id.index
+                ))),
+                Err(error) => Err(io::Error::other(format!(
+                    "WAL record {}: {error}",
+                    record.index
+                ))),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|error| StorageIOError::read_logs(&error).into())
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -87,7 +204,13 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(lock(&self.cache).range(range))
+        let (from_wal, cached) = lock(&self.cache).split(range);
+        let Some((first, last)) = from_wal else {
+            return Ok(cached);
+        };
+        let mut entries = self.read_wal(first, last).await?;
+        entries.extend(cached);
+        Ok(entries)
     }
 }
 
@@ -104,15 +227,23 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens the log in `dir` (creating it), replaying the WAL into memory.
-    pub fn open(dir: &Path, synchronous: bool) -> Result<LogStore, OpenError> {
+    /// Opens the log in `dir` (creating it), replaying the WAL; the newest `cache_bytes_max`
+    /// of it stay in memory.
+    pub fn open(
+        dir: &Path,
+        synchronous: bool,
+        cache_bytes_max: usize,
+    ) -> Result<LogStore, OpenError> {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
             path: dir.display().to_string(),
             source,
         })?;
         let hard_state = read_hard_state(dir)?;
         let last_purged = hard_state.last_purged.as_ref().map(|id| id.index);
-        let mut cache = LogCache::default();
+        let mut cache = LogCache {
+            bytes_max: cache_bytes_max,
+            ..LogCache::default()
+        };
         let mut replay_error = None;
         // WAL index = raft index + 1, so the WAL indexes of purged entries are <= purged + 1.
         let after = last_purged.map_or(0, |index| index + 1);
@@ -133,9 +264,8 @@ impl LogStore {
                 }
                 Ok(entry) => {
                     let expected = cache
-                        .entries
-                        .back()
-                        .map(|last| last.log_id.index + 1)
+                        .last()
+                        .map(|last| last.index + 1)
                         .or(last_purged.map(|index| index + 1));
                     if expected.is_some_and(|expected| expected != entry.log_id.index) {
                         replay_error = Some(format!(
@@ -144,7 +274,9 @@ impl LogStore {
                         ));
                         return;
                     }
-                    cache.push(entry);
+                    cache.push(entry, record.data.len());
+                    // Everything replayed is on disk already.
+                    cache.evict(u64::MAX);
                 }
                 Err(error) => replay_error = Some(format!("WAL record {}: {error}", record.index)),
             }
@@ -156,12 +288,14 @@ impl LogStore {
             });
         }
         Ok(LogStore {
-            wal,
+            wal: wal.clone(),
             synchronous,
             dir: dir.to_path_buf(),
             hard_state,
             reader: LogReader {
                 cache: Arc::new(Mutex::new(cache)),
+                wal,
+                synchronous,
             },
             committed_index: Arc::new(AtomicU64::new(0)),
         })
@@ -195,6 +329,17 @@ impl LogStore {
     fn last_purged(&self) -> Option<LogId> {
         wire::option_log_id_from_pb(&self.hard_state.last_purged)
     }
+
+    /// Brings entry `last` back from the WAL into the emptied memory (see `LogCache::truncate`).
+    async fn reload_last_entry(&mut self, last: u64) -> Result<(), StorageError> {
+        let mut reloaded = self.reader.read_wal(last, last).await?;
+        let entry = reloaded
+            .pop()
+            .expect("read_wal returns the entry asked for");
+        let bytes = wire::encode_entry(&entry).len();
+        lock(&self.reader.cache).push(entry, bytes);
+        Ok(())
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -211,10 +356,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged();
-        let last = lock(&self.reader.cache)
-            .entries
-            .back()
-            .map(|entry| entry.log_id);
+        let last = lock(&self.reader.cache).last();
         Ok(LogState {
             last_purged_log_id,
             last_log_id: last.or(last_purged_log_id),
@@ -278,18 +420,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut cache = lock(&self.reader.cache);
             for entry in entries {
-                records.push(wal::Entry {
+                let record = wal::Entry {
                     index: entry.log_id.index + 1,
                     term: entry.log_id.leader_id.term,
                     data: wire::encode_entry(&entry),
-                });
-                cache.push(entry);
+                };
+                cache.push(entry, record.data.len());
+                records.push(record);
             }
         }
-        // Reported flushed only from the WAL's callback, i.e. after its fdatasync.
+        // Reported flushed only from the WAL's callback, i.e. after its fdatasync; from then
+        // on the WAL can serve the entries, so older ones may leave memory.
+        let cache = self.reader.cache.clone();
         self.wal.append(
             records,
             Box::new(move |result| {
+                if let Ok(durable) = &result {
+                    lock(&cache).evict(durable.saturating_sub(1));
+                }
                 callback.log_io_completed(result.map(|_| ()).map_err(io::Error::other))
             }),
         );
@@ -297,15 +445,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        {
-            let mut cache = lock(&self.reader.cache);
-            while cache
-                .entries
-                .back()
-                .is_some_and(|last| last.log_id.index >= log_id.index)
-            {
-                cache.entries.pop_back();
-            }
+        let reload = lock(&self.reader.cache).truncate(log_id.index);
+        if let Some(last) = reload {
+            self.reload_last_entry(last).await?;
         }
         // Raft entries >= i are WAL records >= i + 1: keep the WAL up to record i.
         self.wal
@@ -327,16 +469,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.save_hard_state()
             .await
             .map_err(|error| StorageIOError::write_logs(&error))?;
-        {
-            let mut cache = lock(&self.reader.cache);
-            while cache
-                .entries
-                .front()
-                .is_some_and(|first| first.log_id.index <= log_id.index)
-            {
-                cache.entries.pop_front();
-            }
-        }
+        lock(&self.reader.cache).purge(log_id.index);
         // Raft entries <= i are WAL records <= i + 1.
         self.wal
             .purge_to(log_id.index + 1)

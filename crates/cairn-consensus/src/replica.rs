@@ -60,6 +60,9 @@ pub struct ReplicaConfig {
     /// blocking pool. Only for simulation under a paused clock, which jumps to the next timer
     /// whenever the runtime waits on another thread; it costs group commit.
     pub synchronous_io: bool,
+    /// Bytes of durable raft entries kept in memory; older ones are read back from the WAL
+    /// (`limits::LOG_CACHE_BYTES_MAX` outside tests).
+    pub log_cache_bytes: usize,
 }
 
 /// Where this member stands, for Status and response headers.
@@ -140,7 +143,11 @@ impl Replica {
         config: ReplicaConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<(Replica, PeerHandler), OpenError> {
-        let log_store = LogStore::open(&config.member_dir, config.synchronous_io)?;
+        let log_store = LogStore::open(
+            &config.member_dir,
+            config.synchronous_io,
+            config.log_cache_bytes,
+        )?;
         let vote_term = log_store.vote_term();
         let wal = log_store.wal();
         let metrics = Arc::new(ConsensusMetrics::new(log_store.committed_index()));

@@ -80,6 +80,7 @@ impl Node {
             snapshot_count: config.snapshot_count,
             request_timeout: REQUEST_TIMEOUT,
             synchronous_io: false,
+            log_cache_bytes: cairn_consensus::limits::LOG_CACHE_BYTES_MAX,
         };
         let peers = bind_listeners(&config.listen_peer_urls).await?;
         let source = peers

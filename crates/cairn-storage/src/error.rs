@@ -39,6 +39,10 @@ pub enum WalError {
     /// The WAL was closed (or its writer thread is gone) before the request was handled.
     #[error("wal: closed")]
     Closed,
+    /// `read` asked for an entry the WAL does not list: purged, not yet durable, or in a
+    /// segment that recovery skipped because every entry in it was at or below `after_index`.
+    #[error("wal: entry {index} is not in the log")]
+    NotListed { index: u64 },
 }
 
 impl WalError {

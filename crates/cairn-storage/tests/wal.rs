@@ -523,3 +523,105 @@ async fn truncate_after_applies_after_the_appends_queued_before_it() {
     expected.extend(entries(26..=27, 2));
     assert_eq!(replayed, expected);
 }
+
+/// `read(first, last)`, with what the log is expected to hold as the oracle: every durable
+/// entry in range, in order, or `NotListed` naming the first one the WAL does not have.
+fn check_reads(wal: &Wal, log: &[Entry], first_listed: u64, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let last_listed = log.last().map_or(0, |e| e.index);
+    for _ in 0..200 {
+        let first = rng.gen_range(first_listed.saturating_sub(3).max(1)..=last_listed + 3);
+        let last = first + rng.gen_range(0..60);
+        let result = wal.read(first, last);
+        if first >= first_listed && last <= last_listed {
+            let expected: Vec<Entry> = log
+                .iter()
+                .filter(|e| (first..=last).contains(&e.index))
+                .cloned()
+                .collect();
+            assert_eq!(result.expect("listed entries read"), expected);
+        } else {
+            let missing = if first < first_listed {
+                first
+            } else {
+                first.max(last_listed + 1)
+            };
+            assert!(
+                matches!(result, Err(WalError::NotListed { index }) if index == missing),
+                "read({first}, {last}) of {first_listed}..={last_listed}: {result:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn reads_return_durable_entries_across_segments_purges_truncations_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), 512, 0);
+    let mut log = entries(1..=300, 2);
+    append_in_batches(&wal, log.clone(), 7).await;
+    assert!(segments(dir.path()).len() > 5);
+    check_reads(&wal, &log, 1, 1);
+
+    // A purge drops whole segments: reads below the new first segment are refused.
+    wal.purge_to(150).await.unwrap();
+    let first_kept = segments(dir.path())[0].0;
+    assert!(first_kept > 1 && first_kept <= 151);
+    check_reads(&wal, &log, first_kept, 2);
+
+    // A truncation forgets the suffix; entries appended after it are read with their new term.
+    wal.truncate_after(260).await.unwrap();
+    log.truncate(260);
+    check_reads(&wal, &log, first_kept, 3);
+    let rewritten = entries(261..=320, 5);
+    append_in_batches(&wal, rewritten.clone(), 4).await;
+    log.extend(rewritten);
+    check_reads(&wal, &log, first_kept, 4);
+    wal.close().await.unwrap();
+
+    // After a reopen, segments read at open are listed; those skipped (all at or below
+    // `after_index`) are not.
+    let (wal, _) = open(dir.path(), 512, 0);
+    check_reads(&wal, &log, first_kept, 5);
+    drop(wal);
+    let after = 290;
+    let (wal, _) = open(dir.path(), 512, after);
+    let first_read_at_open = segments(dir.path())
+        .iter()
+        .map(|(first, _)| *first)
+        .filter(|first| *first <= after + 1)
+        .max()
+        .unwrap();
+    check_reads(&wal, &log, first_read_at_open, 6);
+
+    // A truncation into a skipped segment lists what is appended after it.
+    let skipped = segments(dir.path())[0].0;
+    assert!(skipped < first_read_at_open);
+    wal.truncate_after(skipped + 1).await.unwrap();
+    log.truncate((skipped + 1 - log[0].index + 1) as usize);
+    let after_cut = entries(skipped + 2..=skipped + 40, 6);
+    append_in_batches(&wal, after_cut.clone(), 3).await;
+    check_reads(&wal, &after_cut, skipped + 2, 7);
+}
+
+#[tokio::test]
+async fn a_read_of_damaged_bytes_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), 512, 0);
+    append_in_batches(&wal, entries(1..=100, 1), 10).await;
+    let (first, path) = segments(dir.path())[1].clone();
+    let mut bytes = fs::read(&path).unwrap();
+    let damaged = SEGMENT_HEADER_BYTES as usize + RECORD_HEADER_BYTES as usize - 1;
+    bytes[damaged] ^= 0x40;
+    fs::write(&path, bytes).unwrap();
+    let error = wal.read(first, first).unwrap_err();
+    assert!(
+        matches!(&error, WalError::Corrupt { path: at, offset, reason: Corruption::Crc { .. } }
+            if *at == path && *offset == SEGMENT_HEADER_BYTES),
+        "{error}"
+    );
+    assert_eq!(
+        wal.read(first + 1, first + 1).unwrap(),
+        vec![entry(first + 1, 1)]
+    );
+}

@@ -71,6 +71,9 @@ impl SimCluster {
             snapshot_count: 200,
             request_timeout: Duration::from_secs(3),
             synchronous_io: true,
+            // A few dozen entries: lagging followers and restarted members are served from
+            // the WAL, as a production member is after 8 MiB.
+            log_cache_bytes: 4096,
         }
     }
 

@@ -55,9 +55,16 @@
 //! reported to the callbacks waiting on it, and every later request is refused with
 //! [`WalError::Failed`]: after a failed fsync nothing can be promised about the page cache.
 //!
+//! # Reads
+//!
+//! [`Wal::read`] returns durable entries by index: the `catalog` lists where every record of
+//! the live segments starts (filled by recovery and then by the writer after each fsync), so a
+//! read is one positioned read per segment it touches, checked like recovery checks.
+//!
 //! Layout: `record` (framing), `segment` (files, header, scan), `repair` (recovery at open),
-//! `writer` (the thread).
+//! `writer` (the thread), `catalog` (record locations, for reads).
 
+mod catalog;
 mod record;
 mod repair;
 mod segment;
@@ -66,7 +73,7 @@ mod writer;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -77,6 +84,7 @@ use crate::limits::{
     WAL_QUEUE_BATCHES_MAX, WAL_RECORD_DATA_BYTES_MAX, WAL_SEGMENT_BYTES_MAX_DEFAULT,
 };
 use crate::metrics::HistogramSnapshot;
+use catalog::Catalog;
 use writer::{Command, Counters, Reply, Writer};
 
 /// One log entry. `data` is opaque to the WAL.
@@ -140,6 +148,7 @@ struct Inner {
     queue: Mutex<Queue>,
     /// `Queue::next_index - 1`, readable without the lock (which a full queue may hold).
     last_index: AtomicU64,
+    catalog: Arc<RwLock<Catalog>>,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -193,13 +202,15 @@ impl Wal {
             options.segment_bytes_max > 0,
             "wal: segment_bytes_max must be > 0"
         );
-        let recovered = repair::recover(dir, after_index, replay)?;
+        let mut recovered = repair::recover(dir, after_index, replay)?;
         let next_index = recovered.next_index;
         let counters = Arc::new(Counters::default());
+        let catalog = Arc::new(RwLock::new(std::mem::take(&mut recovered.catalog)));
         let writer = Writer::new(
             dir.to_path_buf(),
             options.segment_bytes_max,
             recovered,
+            catalog.clone(),
             counters.clone(),
         )?;
         let (sink, thread) = if options.inline {
@@ -218,6 +229,7 @@ impl Wal {
                 next_index,
             }),
             last_index: AtomicU64::new(next_index.map_or(0, |next| next - 1)),
+            catalog,
             counters,
             thread: Mutex::new(thread),
         };
@@ -261,6 +273,24 @@ impl Wal {
                 refused.refuse(WalError::Closed);
             }
         }
+    }
+
+    /// The durable entries `first..=last`, read from their segments (blocking file I/O: call it
+    /// off the async runtime). [`WalError::NotListed`] if one of them is not durable yet, was
+    /// purged, or sits in a segment recovery skipped; [`WalError::Corrupt`] if the bytes on
+    /// disk no longer check out.
+    pub fn read(&self, first: u64, last: u64) -> Result<Vec<Entry>, WalError> {
+        let spans = self
+            .inner
+            .catalog
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spans(first, last)?;
+        let mut entries = Vec::new();
+        for span in spans {
+            span.read_into(&mut entries)?;
+        }
+        Ok(entries)
     }
 
     /// Appends `entries` and waits until they are durable; returns the last durable index.

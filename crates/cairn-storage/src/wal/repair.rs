@@ -11,6 +11,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::error::{Corruption, WalError};
+use crate::wal::catalog::Catalog;
 use crate::wal::segment::{self, SegmentFile};
 use crate::wal::Entry;
 
@@ -24,6 +25,8 @@ pub(crate) struct Recovered {
     pub next_index: Option<u64>,
     /// Length of the last segment after repair.
     pub last_segment_len: u64,
+    /// Where the records read at open sit (segments skipped at open list none).
+    pub catalog: Catalog,
 }
 
 /// Opens (creating if needed) the log in `dir`, replays every entry with index > `after_index`
@@ -37,6 +40,7 @@ pub(crate) fn recover(
     let segments = segment::list(dir)?;
     let mut next_index = None;
     let mut last_segment_len = 0;
+    let mut catalog = Catalog::default();
     for (position, current) in segments.iter().enumerate() {
         if let Some(expected) = next_index {
             if current.first_index != expected {
@@ -53,12 +57,15 @@ pub(crate) fn recover(
         if let Some(following) = following {
             if following.first_index.saturating_sub(1) <= after_index {
                 segment::check_header_file(current)?;
+                catalog.add_segment(current.first_index, current.path.clone(), Vec::new(), 0);
                 next_index = Some(following.first_index);
                 continue;
             }
         }
         let bytes = fs::read(&current.path).map_err(|e| WalError::io("read", &current.path, e))?;
-        let scan = segment::scan(&bytes, current.first_index, |_, record| {
+        let mut offsets = Vec::new();
+        let scan = segment::scan(&bytes, current.first_index, |offset, record| {
+            offsets.push(offset);
             if record.index > after_index {
                 let data = Bytes::copy_from_slice(record.data);
                 replay(Entry {
@@ -75,6 +82,12 @@ pub(crate) fn recover(
             }
             repair_tail(current, &bytes, scan.valid_len, &reason)?;
         }
+        catalog.add_segment(
+            current.first_index,
+            current.path.clone(),
+            offsets,
+            scan.valid_len,
+        );
         next_index = Some(scan.next_index);
         last_segment_len = scan.valid_len;
     }
@@ -82,6 +95,7 @@ pub(crate) fn recover(
         segments,
         next_index,
         last_segment_len,
+        catalog,
     })
 }
 

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::error::{Corruption, WalError};
 use crate::limits::WAL_GROUP_BYTES_MAX;
 use crate::metrics::Histogram;
+use crate::wal::catalog::Catalog;
 use crate::wal::record;
 use crate::wal::repair::Recovered;
 use crate::wal::segment::{self, SegmentFile, SEGMENT_HEADER_BYTES};
@@ -125,9 +126,13 @@ pub(crate) struct Writer {
     /// Every segment, sorted by first index; when `active` is set it is the last one.
     segments: Vec<SegmentFile>,
     active: Option<Active>,
-    /// Records encoded for `active` but not yet written, and how many there are.
+    /// Records encoded for `active` but not yet written, how many there are, and where each
+    /// will start in the segment.
     pending: Vec<u8>,
     pending_entries: u64,
+    pending_offsets: Vec<u64>,
+    /// Where durable records sit, shared with readers.
+    catalog: Arc<RwLock<Catalog>>,
     /// Callbacks of the batches staged since the last commit, in submission order.
     waiting: Vec<Flushed>,
     /// Last index covered by a completed fsync.
@@ -142,6 +147,7 @@ impl Writer {
         dir: PathBuf,
         segment_bytes_max: u64,
         recovered: Recovered,
+        catalog: Arc<RwLock<Catalog>>,
         counters: Arc<Counters>,
     ) -> Result<Writer, WalError> {
         let active = match (recovered.segments.last(), recovered.next_index) {
@@ -161,6 +167,8 @@ impl Writer {
             active,
             pending: Vec::new(),
             pending_entries: 0,
+            pending_offsets: Vec::new(),
+            catalog,
             waiting: Vec::new(),
             durable_index,
             failed: None,
@@ -247,6 +255,8 @@ impl Writer {
                 "wal writer: entry index {} does not follow {}",
                 entry.index, active.next_index
             );
+            self.pending_offsets
+                .push(active.file_len + self.pending.len() as u64);
             record::encode(entry.index, entry.term, &entry.data, &mut self.pending);
             active.next_index += 1;
         }
@@ -311,8 +321,10 @@ impl Writer {
             .fetch_add(self.pending_entries, Ordering::Relaxed);
         active.file_len += self.pending.len() as u64;
         self.durable_index = active.next_index - 1;
+        lock(&self.catalog).add_records(&self.pending_offsets, active.file_len);
         self.pending.clear();
         self.pending_entries = 0;
+        self.pending_offsets.clear();
         // One huge batch must not pin its buffer for the life of the process.
         if self.pending.capacity() > 2 * WAL_GROUP_BYTES_MAX {
             self.pending.shrink_to(WAL_GROUP_BYTES_MAX);
@@ -335,13 +347,14 @@ impl Writer {
         }
         let (file, created) = segment::create(&self.dir, first_index)?;
         tracing::info!(path = %created.path.display(), first_index, "wal: new segment");
+        let header_end = SEGMENT_HEADER_BYTES;
+        lock(&self.catalog).add_segment(first_index, created.path.clone(), Vec::new(), header_end);
         self.segments.push(created);
-        let file_len = SEGMENT_HEADER_BYTES;
         self.active = Some(Active {
             file,
             first_index,
             next_index: first_index,
-            file_len,
+            file_len: header_end,
         });
         Ok(())
     }
@@ -382,6 +395,7 @@ impl Writer {
             let mut removed = 0;
             while self.segments.len() > 1 && self.segments[1].first_index - 1 <= index {
                 let oldest = self.segments.remove(0);
+                lock(&self.catalog).remove_oldest();
                 remove_segment(&oldest)?;
                 removed += 1;
             }
@@ -422,6 +436,9 @@ impl Writer {
             return self.restart_at(index + 1);
         };
         self.active = None;
+        let kept = &self.segments[keep];
+        let offset = offset_of(kept, index + 1)?;
+        lock(&self.catalog).truncate(keep + 1, index + 1, offset);
         // Newest first, so that a crash midway leaves a contiguous prefix.
         let removed = self.segments.split_off(keep + 1);
         for segment in removed.iter().rev() {
@@ -431,7 +448,6 @@ impl Writer {
             segment::sync_dir(&self.dir)?;
         }
         let kept = &self.segments[keep];
-        let offset = offset_of(kept, index + 1)?;
         let file = segment::open_append(&kept.path)?;
         segment::truncate(&file, &kept.path, offset)?;
         let first_index = kept.first_index;
@@ -449,6 +465,7 @@ impl Writer {
     /// Removes every segment (newest first) and starts an empty one at `first_index`.
     fn restart_at(&mut self, first_index: u64) -> Result<(), WalError> {
         self.active = None;
+        lock(&self.catalog).clear();
         while let Some(newest) = self.segments.pop() {
             remove_segment(&newest)?;
         }
@@ -476,6 +493,7 @@ impl Writer {
         }
         self.pending.clear();
         self.pending_entries = 0;
+        self.pending_offsets.clear();
     }
 
     /// The writer's ordering invariants; cheap, so checked after every control command.
@@ -504,6 +522,11 @@ impl Writer {
             );
         }
     }
+}
+
+/// The catalog for writing. Poisoning is ignored: a reader that panicked changed nothing.
+fn lock(catalog: &RwLock<Catalog>) -> RwLockWriteGuard<'_, Catalog> {
+    catalog.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn remove_segment(segment: &SegmentFile) -> Result<(), WalError> {
