@@ -75,6 +75,17 @@ async fn append_in_batches(wal: &Wal, entries: Vec<Entry>, batch: usize) {
     }
 }
 
+/// Where the records of the segment starting at `first` end, given every segment's first index.
+fn written_len(log: &[Entry], first: u64, firsts: impl Iterator<Item = u64>) -> u64 {
+    let next = firsts.filter(|f| *f > first).min().unwrap_or(u64::MAX);
+    let records: u64 = log
+        .iter()
+        .filter(|e| e.index >= first && e.index < next)
+        .map(|e| RECORD_HEADER_BYTES + e.data.len() as u64)
+        .sum();
+    SEGMENT_HEADER_BYTES + records
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for entry in fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();
@@ -111,14 +122,18 @@ async fn round_trip_across_segments_and_replay_after_index() {
         files.len()
     );
     assert_eq!(files[0].0, 1);
-    let on_disk: u64 = files
-        .iter()
-        .map(|(_, p)| fs::metadata(p).unwrap().len())
-        .sum();
-    assert_eq!(
-        stats.bytes_written + files.len() as u64 * SEGMENT_HEADER_BYTES,
-        on_disk
-    );
+    let mut record_bytes = 0;
+    for (first, path) in &files {
+        let bytes = fs::read(path).unwrap();
+        let written = written_len(&written, *first, files.iter().map(|(f, _)| *f));
+        assert!(
+            bytes.len() as u64 >= 512,
+            "segment {first} not preallocated"
+        );
+        assert!(bytes[written as usize..].iter().all(|b| *b == 0));
+        record_bytes += written - SEGMENT_HEADER_BYTES;
+    }
+    assert_eq!(stats.bytes_written, record_bytes);
 
     let (wal, replayed) = open(dir.path(), 512, 0);
     assert_eq!(replayed, written);
@@ -196,8 +211,9 @@ async fn build_torn_tail_fixture(dir: &Path) -> Vec<Entry> {
 }
 
 /// Copies `fixture` to a new directory, lets `damage` change the bytes of its last segment,
-/// opens it and checks that exactly `intact` entries come back, that the tail was cut where
-/// they end, and that appending continues at the next index.
+/// opens it and checks that exactly `intact` entries come back, that only zeros follow them
+/// (the tail was cut where they end and preallocated again), and that appending continues at
+/// the next index.
 async fn check_repair(fixture: &Path, intact: &[Entry], damage: impl FnOnce(&mut Vec<u8>)) {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(fixture, dir.path());
@@ -216,10 +232,10 @@ async fn check_repair(fixture: &Path, intact: &[Entry], damage: impl FnOnce(&mut
     let kept_bytes: u64 = kept_in_last
         .map(|e| RECORD_HEADER_BYTES + e.data.len() as u64)
         .sum();
-    assert_eq!(
-        fs::metadata(&last).unwrap().len(),
-        SEGMENT_HEADER_BYTES + kept_bytes
-    );
+    let repaired = fs::read(&last).unwrap();
+    let kept_end = (SEGMENT_HEADER_BYTES + kept_bytes) as usize;
+    assert!(repaired.len() >= 512);
+    assert!(repaired[kept_end..].iter().all(|b| *b == 0));
 
     let replacement = entry(next, 9);
     assert_eq!(
@@ -237,8 +253,9 @@ async fn check_repair(fixture: &Path, intact: &[Entry], damage: impl FnOnce(&mut
 async fn torn_final_record_is_cut_at_every_offset_and_on_every_flipped_byte() {
     let fixture = tempfile::tempdir().unwrap();
     let written = build_torn_tail_fixture(fixture.path()).await;
-    let (_, last) = segments(fixture.path()).pop().unwrap();
-    let len = fs::metadata(&last).unwrap().len() as usize;
+    let files = segments(fixture.path());
+    let last_first = files.last().unwrap().0;
+    let len = written_len(&written, last_first, files.iter().map(|(f, _)| *f)) as usize;
     let final_record = RECORD_HEADER_BYTES as usize + written.last().unwrap().data.len();
     let final_start = len - final_record;
     let intact = &written[..written.len() - 1];
@@ -248,21 +265,25 @@ async fn torn_final_record_is_cut_at_every_offset_and_on_every_flipped_byte() {
     for offset in final_start..len {
         check_repair(fixture.path(), intact, |bytes| bytes[offset] ^= 0x5a).await;
     }
-    // Zeros where the record was (a file extended but never written) are a torn tail too.
+    // Zeros where the record was (never written) are the clean end of the segment.
     check_repair(fixture.path(), intact, |bytes| bytes[final_start..].fill(0)).await;
-    // And garbage appended after an intact log.
-    check_repair(fixture.path(), &written, |bytes| {
-        bytes.extend_from_slice(&[7; 30])
-    })
-    .await;
+    // Garbage after an intact log, right after it or past the preallocated zeros, is cut.
+    for at in [len, len + 100] {
+        check_repair(fixture.path(), &written, |bytes| {
+            bytes.resize(bytes.len().max(at + 30), 0);
+            bytes[at..at + 30].fill(7);
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
 async fn torn_last_segment_at_random_offsets_keeps_the_records_before_the_cut() {
     let fixture = tempfile::tempdir().unwrap();
     let written = build_torn_tail_fixture(fixture.path()).await;
-    let (last_first, last) = segments(fixture.path()).pop().unwrap();
-    let len = fs::metadata(&last).unwrap().len();
+    let files = segments(fixture.path());
+    let last_first = files.last().unwrap().0;
+    let len = written_len(&written, last_first, files.iter().map(|(f, _)| *f));
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x7ea1);
     for _ in 0..40 {
         let cut = rng.gen_range(SEGMENT_HEADER_BYTES..len);
@@ -317,7 +338,25 @@ async fn damage_outside_the_tail_of_the_last_segment_is_an_error() {
     // A flipped byte in a middle record, a cut, or a torn end of an earlier segment.
     expect_corrupt(&|b| b[60] ^= 0x01, &first_path, 0);
     expect_corrupt(&|b| b.truncate(b.len() - 1), &first_path, 0);
-    expect_corrupt(&|b| b.extend_from_slice(&[0; 8]), &first_path, 0);
+    expect_corrupt(&|b| b.extend_from_slice(&[9; 8]), &first_path, 0);
+    // Zeros after an earlier segment's records are its unwritten end, but where records were
+    // lost to them the next segment no longer follows on.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(fixture.path(), dir.path());
+    let mut bytes = fs::read(&first_path).unwrap();
+    bytes[SEGMENT_HEADER_BYTES as usize..].fill(0);
+    fs::write(dir.path().join(first_path.file_name().unwrap()), &bytes).unwrap();
+    let gap = Wal::open(dir.path(), options(512), 0, |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            gap,
+            WalError::Corrupt {
+                reason: Corruption::Gap { .. },
+                ..
+            }
+        ),
+        "{gap}"
+    );
     // Segment headers are written atomically, so even the last one's is never "torn".
     let last_path = files.last().unwrap().1.clone();
     expect_corrupt(&|b| b[3] ^= 0x01, &last_path, 0);

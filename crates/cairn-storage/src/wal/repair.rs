@@ -114,6 +114,6 @@ fn repair_tail(
         %reason,
         "wal: truncating torn tail"
     );
-    let file = segment::open_append(&last.path)?;
+    let file = segment::open_write(&last.path)?;
     segment::truncate(&file, &last.path, valid_len)
 }

@@ -104,9 +104,11 @@ pub(crate) fn corrupt(segment: &SegmentFile, offset: u64, reason: Corruption) ->
 }
 
 /// Walks the records of a whole segment (`bytes`, header included), calling `visit` with the
-/// offset of each intact record. Stops at the first record that does not decode and reports it
-/// as `damage`: the caller decides whether that is a torn tail. A bad header, or an intact
-/// record out of sequence, cannot come from a torn write and is an error (offset, reason).
+/// offset of each intact record. Stops at the first record that does not decode: if every byte
+/// from there on is zero it is the unwritten, preallocated rest of the segment (a record never
+/// starts with zeros: its index is >= 1), otherwise it is reported as `damage` and the caller
+/// decides whether that is a torn tail. A bad header, or an intact record out of sequence,
+/// cannot come from a torn write and is an error (offset, reason).
 pub(crate) fn scan(
     bytes: &[u8],
     first_index: u64,
@@ -139,11 +141,11 @@ pub(crate) fn scan(
                 next_index += 1;
             }
             Err(reason) => {
-                let valid_len = offset as u64;
+                let unwritten = bytes[offset..].iter().all(|byte| *byte == 0);
                 return Ok(Scan {
                     next_index,
-                    valid_len,
-                    damage: Some(reason),
+                    valid_len: offset as u64,
+                    damage: (!unwritten).then_some(reason),
                 });
             }
         }
@@ -177,11 +179,15 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<SegmentFile>, WalError> {
     Ok(segments)
 }
 
-/// Creates the segment starting at `first_index` and returns it open for appending. The header
-/// is written to a temporary name, fsynced, renamed into place and the directory fsynced, so a
-/// file with a segment name always has a whole header: a bad header is corruption, never a torn
-/// creation.
-pub(crate) fn create(dir: &Path, first_index: u64) -> Result<(File, SegmentFile), WalError> {
+/// Creates the segment starting at `first_index`, preallocated to `preallocate` bytes, and
+/// returns it open for writing. The header is written to a temporary name, fsynced, renamed
+/// into place and the directory fsynced, so a file with a segment name always has a whole
+/// header: a bad header is corruption, never a torn creation.
+pub(crate) fn create(
+    dir: &Path,
+    first_index: u64,
+    preallocate: u64,
+) -> Result<(File, SegmentFile), WalError> {
     let name = file_name(first_index);
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
@@ -193,22 +199,44 @@ pub(crate) fn create(dir: &Path, first_index: u64) -> Result<(File, SegmentFile)
         .map_err(|e| WalError::io("create", &tmp, e))?;
     file.write_all(&encode_header(first_index))
         .map_err(|e| WalError::io("write", &tmp, e))?;
+    allocate(&file, &tmp, preallocate)?;
     file.sync_all()
         .map_err(|e| WalError::io("fsync", &tmp, e))?;
     drop(file);
     fs::rename(&tmp, &path).map_err(|e| WalError::io("rename", &tmp, e))?;
     sync_dir(dir)?;
-    let file = open_append(&path)?;
+    let file = open_write(&path)?;
     Ok((file, SegmentFile { first_index, path }))
 }
 
-/// Opens an existing segment so that every write lands at its end (`O_APPEND`), which stays
-/// true after `set_len` cuts the file shorter.
-pub(crate) fn open_append(path: &Path) -> Result<File, WalError> {
+/// Opens an existing segment for positioned writes (the writer tracks where records end: with
+/// preallocation that is not the file's end).
+pub(crate) fn open_write(path: &Path) -> Result<File, WalError> {
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(path)
         .map_err(|e| WalError::io("open", path, e))
+}
+
+/// Reserves the disk blocks of the first `len` bytes of `file` (growing it to `len` if
+/// shorter), as etcd does for its WAL: a record then lands inside the file, so its fdatasync
+/// need not also journal a new file size (~20% cheaper here, see docs/perf). The reserved
+/// bytes read as zeros, which `scan` takes for the segment's unwritten end. A file system
+/// without `fallocate` just grows the file as records arrive.
+pub(crate) fn allocate(file: &File, path: &Path, len: u64) -> Result<(), WalError> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+    // SAFETY: `fallocate` only reads its integer arguments; the descriptor is open for
+    // writing and outlives the call.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if result == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(WalError::io("fallocate", path, error)),
+    }
 }
 
 /// Cuts `file` to `len` bytes and makes the new length durable.
@@ -305,6 +333,20 @@ mod tests {
                 damage: Some(Corruption::Truncated)
             }
         );
+
+        // Zeros after the records are the unwritten, preallocated end; a stray byte in them
+        // is damage at the end of the records.
+        let mut preallocated = bytes.clone();
+        preallocated.resize(4096, 0);
+        let clean = Scan {
+            next_index: 7,
+            valid_len: whole,
+            damage: None,
+        };
+        assert_eq!(scan(&preallocated, 5, |_, _| {}).unwrap(), clean);
+        preallocated[4000] = 1;
+        let damaged = scan(&preallocated, 5, |_, _| {}).unwrap();
+        assert_eq!((damaged.valid_len, damaged.damage.is_some()), (whole, true));
 
         let mut skipped = encode_header(5).to_vec();
         record::encode(6, 1, b"b", &mut skipped);

@@ -9,7 +9,7 @@
 //! - a lock held across I/O: the thread owns every file and all of its state.
 
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -108,7 +108,8 @@ struct Active {
     first_index: u64,
     /// Index of the next record to encode (pending records included).
     next_index: u64,
-    /// Bytes in the file (pending records excluded).
+    /// Where the written records end (pending records excluded); the preallocated file is
+    /// longer.
     file_len: u64,
 }
 
@@ -151,12 +152,17 @@ impl Writer {
         counters: Arc<Counters>,
     ) -> Result<Writer, WalError> {
         let active = match (recovered.segments.last(), recovered.next_index) {
-            (Some(last), Some(next_index)) => Some(Active {
-                file: segment::open_append(&last.path)?,
-                first_index: last.first_index,
-                next_index,
-                file_len: recovered.last_segment_len,
-            }),
+            (Some(last), Some(next_index)) => {
+                let file = segment::open_write(&last.path)?;
+                // A torn tail cut at open took the preallocation with it.
+                segment::allocate(&file, &last.path, segment_bytes_max)?;
+                Some(Active {
+                    file,
+                    first_index: last.first_index,
+                    next_index,
+                    file_len: recovered.last_segment_len,
+                })
+            }
             _ => None,
         };
         let durable_index = recovered.next_index.map_or(0, |next| next - 1);
@@ -292,8 +298,9 @@ impl Writer {
             .as_mut()
             .expect("pending records belong to the active segment");
         let path = &self.segments.last().expect("active segment is listed").path;
-        (&active.file)
-            .write_all(&self.pending)
+        active
+            .file
+            .write_all_at(&self.pending, active.file_len)
             .map_err(|e| WalError::io("write", path, e))?;
         let started = Instant::now();
         #[cfg(test)]
@@ -301,7 +308,8 @@ impl Writer {
             let injected = std::io::Error::other("injected fsync failure");
             return Err(WalError::io("fsync", path, injected));
         }
-        // fdatasync: the file length is data for this purpose, so appended records are covered.
+        // fdatasync covers the records, and the file length too when a record ran past the
+        // preallocated end.
         active
             .file
             .sync_data()
@@ -345,7 +353,7 @@ impl Writer {
                 last.first_index
             );
         }
-        let (file, created) = segment::create(&self.dir, first_index)?;
+        let (file, created) = segment::create(&self.dir, first_index, self.segment_bytes_max)?;
         tracing::info!(path = %created.path.display(), first_index, "wal: new segment");
         let header_end = SEGMENT_HEADER_BYTES;
         lock(&self.catalog).add_segment(first_index, created.path.clone(), Vec::new(), header_end);
@@ -448,8 +456,9 @@ impl Writer {
             segment::sync_dir(&self.dir)?;
         }
         let kept = &self.segments[keep];
-        let file = segment::open_append(&kept.path)?;
+        let file = segment::open_write(&kept.path)?;
         segment::truncate(&file, &kept.path, offset)?;
+        segment::allocate(&file, &kept.path, self.segment_bytes_max)?;
         let first_index = kept.first_index;
         self.active = Some(Active {
             file,
