@@ -1,8 +1,8 @@
 //! `InlineKey`: a bucket key kept inside its slot when it is short, boxed otherwise.
 //!
 //! The `Key` bucket holds one entry per revision, keyed by the 17- or 18-byte revision; boxed,
-//! each such key cost a 16-byte pointer plus a 32-byte heap chunk. Inline it costs the 24-byte
-//! slot alone: ~24 MB less RSS per million revisions (measured in
+//! each such key cost a 16-byte pointer plus a heap block. Inline it costs the 24-byte slot
+//! alone: 21 MiB less RSS with a million revisions (measured in
 //! docs/perf/kv-single-node-notes.md).
 
 use std::cmp::Ordering;

@@ -18,6 +18,11 @@ pub const WAL_QUEUE_BATCHES_MAX: usize = 1024;
 /// Bounds the reused encode buffer; a single batch larger than this is still written whole.
 pub const WAL_GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// Bytes the WAL writer reserves past the end of the records whenever a write would run past
+/// the reserved space: the file length then changes once per this many bytes written, not at
+/// every fsync. Also the most zeros recovery reads past the last record of a segment.
+pub const WAL_PREALLOCATE_BYTES: u64 = 1024 * 1024;
+
 /// Buffer between a snapshot being streamed and its file: writes reach the kernel in pieces
 /// this large, not one per key.
 pub const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;

@@ -127,7 +127,7 @@ async fn round_trip_across_segments_and_replay_after_index() {
         let bytes = fs::read(path).unwrap();
         let written = written_len(&written, *first, files.iter().map(|(f, _)| *f));
         assert!(
-            bytes.len() as u64 >= 512,
+            bytes.len() as u64 > written,
             "segment {first} not preallocated"
         );
         assert!(bytes[written as usize..].iter().all(|b| *b == 0));
@@ -211,9 +211,8 @@ async fn build_torn_tail_fixture(dir: &Path) -> Vec<Entry> {
 }
 
 /// Copies `fixture` to a new directory, lets `damage` change the bytes of its last segment,
-/// opens it and checks that exactly `intact` entries come back, that only zeros follow them
-/// (the tail was cut where they end and preallocated again), and that appending continues at
-/// the next index.
+/// opens it and checks that exactly `intact` entries come back, that nothing but zeros follows
+/// them (the tail was cut where they end), and that appending continues at the next index.
 async fn check_repair(fixture: &Path, intact: &[Entry], damage: impl FnOnce(&mut Vec<u8>)) {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(fixture, dir.path());
@@ -234,7 +233,7 @@ async fn check_repair(fixture: &Path, intact: &[Entry], damage: impl FnOnce(&mut
         .sum();
     let repaired = fs::read(&last).unwrap();
     let kept_end = (SEGMENT_HEADER_BYTES + kept_bytes) as usize;
-    assert!(repaired.len() >= 512);
+    assert!(repaired.len() >= kept_end);
     assert!(repaired[kept_end..].iter().all(|b| *b == 0));
 
     let replacement = entry(next, 9);
@@ -316,9 +315,10 @@ async fn torn_last_segment_at_random_offsets_keeps_the_records_before_the_cut() 
 #[tokio::test]
 async fn damage_outside_the_tail_of_the_last_segment_is_an_error() {
     let fixture = tempfile::tempdir().unwrap();
-    build_torn_tail_fixture(fixture.path()).await;
+    let written = build_torn_tail_fixture(fixture.path()).await;
     let files = segments(fixture.path());
     let (first_segment_end, first_path) = (files[1].0 - 1, files[0].1.clone());
+    let first_written = written_len(&written, 1, files.iter().map(|(f, _)| *f)) as usize;
 
     let expect_corrupt = |damage: &dyn Fn(&mut Vec<u8>), target: &Path, after_index: u64| {
         let dir = tempfile::tempdir().unwrap();
@@ -337,8 +337,15 @@ async fn damage_outside_the_tail_of_the_last_segment_is_an_error() {
     };
     // A flipped byte in a middle record, a cut, or a torn end of an earlier segment.
     expect_corrupt(&|b| b[60] ^= 0x01, &first_path, 0);
-    expect_corrupt(&|b| b.truncate(b.len() - 1), &first_path, 0);
-    expect_corrupt(&|b| b.extend_from_slice(&[9; 8]), &first_path, 0);
+    expect_corrupt(&|b| b.truncate(first_written - 1), &first_path, 0);
+    expect_corrupt(
+        &|b| {
+            b.resize(b.len().max(first_written + 8), 0);
+            b[first_written..first_written + 8].fill(9);
+        },
+        &first_path,
+        0,
+    );
     // Zeros after an earlier segment's records are its unwritten end, but where records were
     // lost to them the next segment no longer follows on.
     let dir = tempfile::tempdir().unwrap();

@@ -33,10 +33,10 @@
 //! The CRC covers the length, so a damaged length field cannot make a damaged record look
 //! whole. The encoder asserts the length bound the decoder checks.
 //!
-//! **Preallocation.** A segment is created with its blocks reserved up to `segment_bytes_max`
-//! (`fallocate`, as etcd does), and records are written at their offset, not appended: the
-//! bytes after the last record are zeros. A record never starts with zeros (its index is
-//! >= 1), so where the records stop and only zeros follow, the segment ends cleanly.
+//! **Preallocation.** Records are written at their offset, not appended, into blocks reserved
+//! ahead of them (`fallocate`, `WAL_PREALLOCATE_BYTES` at a time, as etcd preallocates its
+//! WAL), so the bytes after the last record are zeros. A record never starts with zeros (its
+//! index is >= 1), so where the records stop and only zeros follow, the segment ends cleanly.
 //!
 //! **Durability.** Records reach the disk by `write` + `fdatasync` of the last segment; an
 //! append is reported flushed only after the fdatasync covering it returned. A segment is
@@ -46,8 +46,7 @@
 //! **Torn-tail rule.** A crash can only tear records the last segment received after its last
 //! completed fsync. So at open the last segment is cut (and the cut fsynced) at its first record
 //! that is incomplete, claims a length above the bound, or fails its CRC, unless only zeros
-//! follow (the clean end above); everything before it is the log, and the cut segment is
-//! preallocated again. A bad record in any other segment, a bad segment header, a record that checks
+//! follow (the clean end above); everything before it is the log. A bad record in any other segment, a bad segment header, a record that checks
 //! out but carries the wrong index, or segments that are not contiguous are corruption: open
 //! fails with [`WalError::Corrupt`]. Segments entirely at or below `after_index` are not read at
 //! open (only their header is checked).

@@ -179,15 +179,11 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<SegmentFile>, WalError> {
     Ok(segments)
 }
 
-/// Creates the segment starting at `first_index`, preallocated to `preallocate` bytes, and
-/// returns it open for writing. The header is written to a temporary name, fsynced, renamed
-/// into place and the directory fsynced, so a file with a segment name always has a whole
-/// header: a bad header is corruption, never a torn creation.
-pub(crate) fn create(
-    dir: &Path,
-    first_index: u64,
-    preallocate: u64,
-) -> Result<(File, SegmentFile), WalError> {
+/// Creates the segment starting at `first_index` and returns it open for writing. The header
+/// is written to a temporary name, fsynced, renamed into place and the directory fsynced, so a
+/// file with a segment name always has a whole header: a bad header is corruption, never a
+/// torn creation.
+pub(crate) fn create(dir: &Path, first_index: u64) -> Result<(File, SegmentFile), WalError> {
     let name = file_name(first_index);
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
@@ -199,7 +195,6 @@ pub(crate) fn create(
         .map_err(|e| WalError::io("create", &tmp, e))?;
     file.write_all(&encode_header(first_index))
         .map_err(|e| WalError::io("write", &tmp, e))?;
-    allocate(&file, &tmp, preallocate)?;
     file.sync_all()
         .map_err(|e| WalError::io("fsync", &tmp, e))?;
     drop(file);
@@ -218,17 +213,19 @@ pub(crate) fn open_write(path: &Path) -> Result<File, WalError> {
         .map_err(|e| WalError::io("open", path, e))
 }
 
-/// Reserves the disk blocks of the first `len` bytes of `file` (growing it to `len` if
-/// shorter), as etcd does for its WAL: a record then lands inside the file, so its fdatasync
-/// need not also journal a new file size (~20% cheaper here, see docs/perf). The reserved
-/// bytes read as zeros, which `scan` takes for the segment's unwritten end. A file system
-/// without `fallocate` just grows the file as records arrive.
-pub(crate) fn allocate(file: &File, path: &Path, len: u64) -> Result<(), WalError> {
+/// Reserves the disk blocks of bytes `from..to` of `file`, growing it to `to`, as etcd
+/// preallocates its WAL: records written there land inside the file, so their fdatasync need
+/// not also journal a new file size (see docs/perf/kv-single-node-notes.md). The reserved bytes
+/// read as zeros, which `scan` takes for the segment's unwritten end. A file system without
+/// `fallocate` just grows the file as records arrive.
+pub(crate) fn allocate(file: &File, path: &Path, from: u64, to: u64) -> Result<(), WalError> {
     use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+    assert!(from < to, "wal: allocating an empty range {from}..{to}");
+    let offset = libc::off_t::try_from(from).unwrap_or(libc::off_t::MAX);
+    let len = libc::off_t::try_from(to - from).unwrap_or(libc::off_t::MAX);
     // SAFETY: `fallocate` only reads its integer arguments; the descriptor is open for
     // writing and outlives the call.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
     if result == 0 {
         return Ok(());
     }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::error::{Corruption, WalError};
-use crate::limits::WAL_GROUP_BYTES_MAX;
+use crate::limits::{WAL_GROUP_BYTES_MAX, WAL_PREALLOCATE_BYTES};
 use crate::metrics::Histogram;
 use crate::wal::catalog::Catalog;
 use crate::wal::record;
@@ -108,9 +108,10 @@ struct Active {
     first_index: u64,
     /// Index of the next record to encode (pending records included).
     next_index: u64,
-    /// Where the written records end (pending records excluded); the preallocated file is
-    /// longer.
+    /// Where the written records end (pending records excluded).
     file_len: u64,
+    /// The file's length: records plus the zeros reserved after them (`allocate`).
+    allocated: u64,
 }
 
 /// Whether `run` keeps going after a control command.
@@ -154,13 +155,16 @@ impl Writer {
         let active = match (recovered.segments.last(), recovered.next_index) {
             (Some(last), Some(next_index)) => {
                 let file = segment::open_write(&last.path)?;
-                // A torn tail cut at open took the preallocation with it.
-                segment::allocate(&file, &last.path, segment_bytes_max)?;
+                let allocated = file
+                    .metadata()
+                    .map_err(|e| WalError::io("stat", &last.path, e))?
+                    .len();
                 Some(Active {
                     file,
                     first_index: last.first_index,
                     next_index,
                     file_len: recovered.last_segment_len,
+                    allocated,
                 })
             }
             _ => None,
@@ -298,6 +302,12 @@ impl Writer {
             .as_mut()
             .expect("pending records belong to the active segment");
         let path = &self.segments.last().expect("active segment is listed").path;
+        let end = active.file_len + self.pending.len() as u64;
+        if end > active.allocated {
+            let reserved = end + WAL_PREALLOCATE_BYTES;
+            segment::allocate(&active.file, path, active.allocated, reserved)?;
+            active.allocated = reserved;
+        }
         active
             .file
             .write_all_at(&self.pending, active.file_len)
@@ -308,8 +318,7 @@ impl Writer {
             let injected = std::io::Error::other("injected fsync failure");
             return Err(WalError::io("fsync", path, injected));
         }
-        // fdatasync covers the records, and the file length too when a record ran past the
-        // preallocated end.
+        // fdatasync covers the records, and the file length after an `allocate` above.
         active
             .file
             .sync_data()
@@ -353,7 +362,7 @@ impl Writer {
                 last.first_index
             );
         }
-        let (file, created) = segment::create(&self.dir, first_index, self.segment_bytes_max)?;
+        let (file, created) = segment::create(&self.dir, first_index)?;
         tracing::info!(path = %created.path.display(), first_index, "wal: new segment");
         let header_end = SEGMENT_HEADER_BYTES;
         lock(&self.catalog).add_segment(first_index, created.path.clone(), Vec::new(), header_end);
@@ -363,6 +372,7 @@ impl Writer {
             first_index,
             next_index: first_index,
             file_len: header_end,
+            allocated: header_end,
         });
         Ok(())
     }
@@ -458,13 +468,13 @@ impl Writer {
         let kept = &self.segments[keep];
         let file = segment::open_write(&kept.path)?;
         segment::truncate(&file, &kept.path, offset)?;
-        segment::allocate(&file, &kept.path, self.segment_bytes_max)?;
         let first_index = kept.first_index;
         self.active = Some(Active {
             file,
             first_index,
             next_index: index + 1,
             file_len: offset,
+            allocated: offset,
         });
         self.durable_index = index;
         tracing::info!(index, removed = removed.len(), "wal: truncated after index");
