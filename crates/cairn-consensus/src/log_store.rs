@@ -139,13 +139,14 @@ impl LogCache {
             Bound::Unbounded => lowest,
         }
         .max(lowest);
-        let from_wal = match range.end_bound() {
-            _ if start >= cached_first => None,
-            Bound::Included(end) => Some((start, (*end).min(cached_first - 1))),
-            Bound::Excluded(end) => Some((start, end.saturating_sub(1).min(cached_first - 1))),
-            Bound::Unbounded => Some((start, cached_first - 1)),
-        }
-        .filter(|(first, last)| first <= last);
+        let end = match range.end_bound() {
+            Bound::Included(end) => Some(*end),
+            Bound::Excluded(end) => end.checked_sub(1),
+            Bound::Unbounded => Some(u64::MAX),
+        };
+        let from_wal = end
+            .map(|end| (start, end.min(cached_first.saturating_sub(1))))
+            .filter(|(first, last)| *first < cached_first && first <= last);
         let skip = start.saturating_sub(cached_first) as usize;
         let cached = self
             .entries
@@ -509,4 +510,91 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Resu
     drop(file);
     std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// A cache of blank entries `first..=last`, 10 bytes each, keeping at most `bytes_max`.
+    fn cache(first: u64, last: u64, bytes_max: usize) -> LogCache {
+        let mut cache = LogCache {
+            bytes_max,
+            ..LogCache::default()
+        };
+        for index in first..=last {
+            let entry = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Blank,
+            };
+            cache.push(entry, 10);
+        }
+        cache
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|entry| entry.log_id.index).collect()
+    }
+
+    #[test]
+    fn eviction_keeps_entries_not_yet_durable_and_the_last_one() {
+        let mut log = cache(5, 20, 50);
+        log.evict(12);
+        assert_eq!(
+            (log.first_index(), log.oldest, log.bytes),
+            (Some(13), Some(5), 80)
+        );
+        log.evict(u64::MAX);
+        assert_eq!((log.first_index(), log.bytes), (Some(16), 50));
+        let mut nothing_kept = cache(5, 20, 0);
+        nothing_kept.evict(u64::MAX);
+        assert_eq!(nothing_kept.first_index(), Some(20));
+        assert_eq!(nothing_kept.last().map(|id| id.index), Some(20));
+    }
+
+    #[test]
+    fn reads_split_between_the_wal_and_memory_within_the_log() {
+        let mut log = cache(5, 20, 50);
+        log.evict(12);
+        let split = |range: (Bound<u64>, Bound<u64>)| {
+            let (wal, cached) = log.split(range);
+            (wal, indexes(&cached))
+        };
+        use Bound::{Excluded, Included, Unbounded};
+        assert_eq!(
+            split((Included(7), Excluded(15))),
+            (Some((7, 12)), vec![13, 14])
+        );
+        assert_eq!(split((Unbounded, Included(6))), (Some((5, 6)), vec![]));
+        assert_eq!(split((Included(0), Included(3))), (None, vec![]));
+        assert_eq!(split((Included(14), Excluded(14))), (None, vec![]));
+        assert_eq!(split((Included(0), Excluded(0))), (None, vec![]));
+        assert_eq!(split((Included(19), Unbounded)), (None, vec![19, 20]));
+        assert_eq!(split((Included(25), Unbounded)), (None, vec![]));
+        let mut from_zero = cache(0, 10, 0);
+        from_zero.evict(u64::MAX);
+        let (wal, cached) = from_zero.split(0..0);
+        assert_eq!((wal, cached.len()), (None, 0));
+        assert_eq!(from_zero.split(0..=0).0, Some((0, 0)));
+    }
+
+    #[test]
+    fn truncation_and_purge_keep_memory_a_suffix_of_the_log() {
+        let mut log = cache(5, 20, 0);
+        log.evict(u64::MAX);
+        // Memory held only entry 20: the new last entry must come back from the WAL.
+        assert_eq!(log.truncate(18), Some(17));
+        assert_eq!(log.oldest, Some(5));
+        let mut log = cache(5, 20, 0);
+        log.evict(u64::MAX);
+        assert_eq!(log.truncate(5), None);
+        assert_eq!((log.oldest, log.last()), (None, None));
+        let mut log = cache(5, 20, 1000);
+        assert_eq!(log.truncate(18), None);
+        log.purge(9);
+        assert_eq!((log.first_index(), log.oldest), (Some(10), Some(10)));
+        log.purge(30);
+        assert_eq!((log.first_index(), log.oldest, log.bytes), (None, None, 0));
+    }
 }
