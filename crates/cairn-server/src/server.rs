@@ -80,13 +80,19 @@ pub async fn run(
     let message_bytes_max = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (begun_tx, begun_rx) = oneshot::channel::<()>();
     let signal_node = node.clone();
+    // etcd's `stopWithDelay`: ten heartbeats, for the removal's commit to reach the others and
+    // for the answer to a MemberRemove forwarded here (a leader removing itself) to go out.
+    let removed_stop_delay = Duration::from_millis(10 * config.heartbeat_interval_ms);
     let signal = async move {
         // Like etcd, a member removed from the cluster stops itself: it must not serve stale
         // reads or campaign against the members that remain.
         let removed = signal_node.replica().clone();
         tokio::select! {
             () = shutdown => {}
-            () = removed.removed() => warn!("this member was removed from the cluster"),
+            () = removed.removed() => {
+                warn!("this member was removed from the cluster; stopping");
+                tokio::time::sleep(removed_stop_delay).await;
+            }
         }
         info!("shutting down: closing streams, draining calls");
         signal_node.begin_stop();
