@@ -165,7 +165,7 @@ impl LogCache {
 pub struct LogReader {
     cache: Arc<Mutex<LogCache>>,
     wal: Wal,
-    /// Read the WAL on the calling task (simulation; see `ReplicaConfig::synchronous_io`).
+    /// Do file I/O on the calling task (simulation; see `ReplicaConfig::synchronous_io`).
     synchronous: bool,
 }
 
@@ -217,11 +217,9 @@ impl RaftLogReader<TypeConfig> for LogReader {
 
 /// The raft log of one member.
 pub struct LogStore {
-    wal: Wal,
-    /// Do file I/O on the calling task (simulation; see `ReplicaConfig::synchronous_io`).
-    synchronous: bool,
     dir: PathBuf,
     hard_state: raftpb::HardState,
+    /// The cache, the WAL and the I/O mode, shared with the readers handed to openraft.
     reader: LogReader,
     /// The raft commit index openraft last reported, for metrics.
     committed_index: Arc<AtomicU64>,
@@ -289,8 +287,6 @@ impl LogStore {
             });
         }
         Ok(LogStore {
-            wal: wal.clone(),
-            synchronous,
             dir: dir.to_path_buf(),
             hard_state,
             reader: LogReader {
@@ -309,7 +305,7 @@ impl LogStore {
     }
 
     pub fn wal(&self) -> Wal {
-        self.wal.clone()
+        self.reader.wal.clone()
     }
 
     /// The raft commit index as openraft reports it (`save_committed`), for metrics.
@@ -319,7 +315,7 @@ impl LogStore {
 
     async fn save_hard_state(&self) -> Result<(), io::Error> {
         let (dir, bytes) = (self.dir.clone(), self.hard_state.encode_to_vec());
-        if self.synchronous {
+        if self.reader.synchronous {
             return write_atomically(&dir, HARD_STATE_FILE, &bytes);
         }
         tokio::task::spawn_blocking(move || write_atomically(&dir, HARD_STATE_FILE, &bytes))
@@ -413,7 +409,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // openraft truncates before it overwrites, but the contract allows an append that
         // overlaps the tail: it replaces it. (Raft entry i is WAL record i + 1.)
         if let Some(first) = entries.first() {
-            if first.log_id.index < self.wal.last_index() {
+            if first.log_id.index < self.reader.wal.last_index() {
                 self.truncate(first.log_id).await?;
             }
         }
@@ -433,7 +429,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Reported flushed only from the WAL's callback, i.e. after its fdatasync; from then
         // on the WAL can serve the entries, so older ones may leave memory.
         let cache = self.reader.cache.clone();
-        self.wal.append(
+        self.reader.wal.append(
             records,
             Box::new(move |result| {
                 if let Ok(durable) = &result {
@@ -451,7 +447,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.reload_last_entry(last).await?;
         }
         // Raft entries >= i are WAL records >= i + 1: keep the WAL up to record i.
-        self.wal
+        self.reader
+            .wal
             .truncate_after(log_id.index)
             .await
             .map_err(|error| StorageIOError::write_logs(&error).into())
@@ -472,7 +469,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|error| StorageIOError::write_logs(&error))?;
         lock(&self.reader.cache).purge(log_id.index);
         // Raft entries <= i are WAL records <= i + 1.
-        self.wal
+        self.reader
+            .wal
             .purge_to(log_id.index + 1)
             .await
             .map_err(|error| StorageIOError::write_logs(&error).into())
