@@ -1,21 +1,27 @@
 //! `cairn bench kv`: etcd-`benchmark`-style load against any etcd v3 endpoint.
 //!
 //! `--clients` closed-loop clients share `--conns` gRPC connections (HTTP/2 multiplexes them)
-//! and together send `--total` requests; every latency is recorded and merged at the end.
+//! and together send `--total` requests; every latency is recorded and merged at the end. The
+//! requests go through `grpc::UnaryConnection`, a thin client, so that the generator leaves
+//! as much of the machine as it can to the server it measures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::request_op::Request as Op;
 use cairn_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
-use tonic::transport::{Channel, Endpoint};
 
+use crate::grpc::UnaryConnection;
 use crate::report::{Latencies, Report};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const PUT_PATH: &str = "/etcdserverpb.KV/Put";
+const RANGE_PATH: &str = "/etcdserverpb.KV/Range";
+const TXN_PATH: &str = "/etcdserverpb.KV/Txn";
 
 /// Flags shared by every workload (etcd `benchmark`'s global flags).
 #[derive(Args, Debug, Clone)]
@@ -112,10 +118,10 @@ pub async fn run(args: &KvBenchArgs) -> Result<Report, BenchError> {
     if args.conns == 0 || args.clients == 0 {
         return Err(BenchError::Zero);
     }
-    let mut channels = Vec::with_capacity(args.conns);
+    let mut connections = Vec::with_capacity(args.conns);
     for position in 0..args.conns {
         let endpoint = &args.endpoints[position % args.endpoints.len()];
-        channels.push(connect(endpoint).await?);
+        connections.push(connect(endpoint).await?);
     }
     let progress = ProgressBar::new(args.total);
     progress.set_style(
@@ -132,10 +138,8 @@ pub async fn run(args: &KvBenchArgs) -> Result<Report, BenchError> {
     let started = Instant::now();
     let mut clients = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
-        let kv = KvClient::new(channels[client % channels.len()].clone())
-            .max_decoding_message_size(usize::MAX);
         let worker = Worker {
-            kv,
+            connection: connections[client % connections.len()].clone(),
             workload: args.workload.clone(),
             total: args.total,
             issued: issued.clone(),
@@ -162,22 +166,29 @@ pub async fn run(args: &KvBenchArgs) -> Result<Report, BenchError> {
     ))
 }
 
-async fn connect(endpoint: &str) -> Result<Channel, BenchError> {
-    let bad = |reason: String| BenchError::Endpoint {
+/// Connects to an `http://host:port` endpoint (the generator speaks plain HTTP/2 only).
+async fn connect(endpoint: &str) -> Result<UnaryConnection, BenchError> {
+    let bad = |reason: &str| BenchError::Endpoint {
         endpoint: endpoint.to_string(),
-        reason,
+        reason: reason.to_string(),
     };
-    let endpoint_config =
-        Endpoint::from_shared(endpoint.to_string()).map_err(|e| bad(e.to_string()))?;
-    endpoint_config
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|error| BenchError::Connect {
+    let uri: http::Uri = endpoint.parse().map_err(|_| bad("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only http:// endpoints are supported"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host:port"))?;
+    let connecting = UnaryConnection::connect(authority.as_str());
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(BenchError::Connect {
             endpoint: endpoint.to_string(),
             reason: error.to_string(),
-        })
+        }),
+        Err(_) => Err(BenchError::Connect {
+            endpoint: endpoint.to_string(),
+            reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+        }),
+    }
 }
 
 fn value_size(workload: &Workload) -> usize {
@@ -188,7 +199,7 @@ fn value_size(workload: &Workload) -> usize {
 }
 
 struct Worker {
-    kv: KvClient<Channel>,
+    connection: UnaryConnection,
     workload: Workload,
     total: u64,
     issued: Arc<AtomicU64>,
@@ -226,7 +237,7 @@ impl Worker {
                     value: self.value.clone(),
                     ..Default::default()
                 };
-                self.kv.put(request).await.is_ok()
+                self.connection.call(PUT_PATH, &request).await.is_ok()
             }
             Workload::Range {
                 key,
@@ -239,7 +250,7 @@ impl Worker {
                     serializable: consistency == Consistency::S,
                     ..Default::default()
                 };
-                self.kv.range(request).await.is_ok()
+                self.connection.call(RANGE_PATH, &request).await.is_ok()
             }
             Workload::TxnPut { shape, txn_ops } => {
                 let success = (0..txn_ops as u64)
@@ -260,7 +271,7 @@ impl Worker {
                     success,
                     failure: Vec::new(),
                 };
-                self.kv.txn(request).await.is_ok()
+                self.connection.call(TXN_PATH, &request).await.is_ok()
             }
         }
     }
