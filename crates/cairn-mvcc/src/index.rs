@@ -72,13 +72,21 @@ impl TreeIndex {
         self.keys.get(key)?.get(at)
     }
 
-    pub fn put(&mut self, key: &[u8], revision: Revision) {
+    /// Records a put at `revision` and returns the key as it was at `revision.main` just
+    /// before it (earlier changes of the same request included): one B-tree descent for what
+    /// a put needs to know and to change, since the descent is most of a put's apply cost.
+    pub fn put(&mut self, key: &[u8], revision: Revision) -> Option<KeyAt> {
         match self.keys.get_mut(key) {
-            Some(index) => index.put(revision),
+            Some(index) => {
+                let previous = index.get(revision.main);
+                index.put(revision);
+                previous
+            }
             None => {
                 let mut index = KeyIndex::new();
                 index.put(revision);
                 self.keys.insert(key.into(), index);
+                None
             }
         }
     }
@@ -213,6 +221,29 @@ mod tests {
         assert!(keys_at(&index, &KeyRange::new(b"d", b"a"), 10).is_empty());
         assert!(KeyRange::new(b"b", b"\0").contains(b"zzz"));
         assert!(!KeyRange::new(b"b", b"c").contains(b"c"));
+    }
+
+    #[test]
+    fn put_returns_the_key_as_it_was_before() {
+        let mut index = TreeIndex::default();
+        assert!(index.put(b"k", Revision::new(2, 0)).is_none());
+        let second = index.put(b"k", Revision::new(3, 0)).expect("live since 2");
+        assert_eq!(
+            (second.created.main, second.modified.main, second.version),
+            (2, 2, 1)
+        );
+        // A later change of the same request sees the earlier one.
+        let same_request = index.put(b"k", Revision::new(3, 1)).expect("live");
+        assert_eq!(
+            (same_request.modified, same_request.version),
+            (Revision::new(3, 0), 2)
+        );
+        index.tombstone(b"k", Revision::new(4, 0));
+        assert!(
+            index.put(b"k", Revision::new(5, 0)).is_none(),
+            "deleted at 4"
+        );
+        assert_eq!(index.get(b"k", 5).map(|at| at.version), Some(1));
     }
 
     #[test]

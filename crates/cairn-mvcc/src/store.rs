@@ -341,7 +341,7 @@ impl WriteTxn<'_> {
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> i64 {
         let main = self.begin + 1;
         let revision = Revision::new(main, self.changes);
-        let previous = self.store.index.get(key, main);
+        let previous = self.store.index.put(key, revision);
         let (create_revision, version) = match previous {
             Some(found) => (found.created.main, found.version + 1),
             None => (main, 1),
@@ -365,7 +365,6 @@ impl WriteTxn<'_> {
             Bytes::from(kv.encode_to_vec()),
         );
         self.store.engine.write(batch);
-        self.store.index.put(key, revision);
         if old_lease != 0 {
             self.store.leases.detach(old_lease, key);
         }
