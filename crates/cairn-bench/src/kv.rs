@@ -6,7 +6,7 @@
 //! as much of the machine as it can to the server it measures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cairn_proto::etcdserverpb::request_op::Request as Op;
@@ -15,7 +15,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 
-use crate::grpc::UnaryConnection;
+use crate::grpc::{CallError, UnaryConnection};
 use crate::report::{Latencies, Report};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,6 +134,7 @@ pub async fn run(args: &KvBenchArgs) -> Result<Report, BenchError> {
     progress.set_message(args.workload.name());
     let issued = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(OnceLock::new());
     let value = vec![b'v'; value_size(&args.workload)];
     let started = Instant::now();
     let mut clients = Vec::with_capacity(args.clients);
@@ -144,6 +145,7 @@ pub async fn run(args: &KvBenchArgs) -> Result<Report, BenchError> {
             total: args.total,
             issued: issued.clone(),
             errors: errors.clone(),
+            first_error: first_error.clone(),
             progress: progress.clone(),
             value: value.clone(),
             rng: rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_add(client as u64)),
@@ -158,12 +160,14 @@ pub async fn run(args: &KvBenchArgs) -> Result<Report, BenchError> {
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
-    Ok(Report::new(
+    let mut report = Report::new(
         args.workload.name(),
         &latencies,
         errors.load(Ordering::Relaxed),
         elapsed,
-    ))
+    );
+    report.first_error = first_error.get().cloned();
+    Ok(report)
 }
 
 /// Connects to an `http://host:port` endpoint (the generator speaks plain HTTP/2 only).
@@ -204,6 +208,7 @@ struct Worker {
     total: u64,
     issued: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
+    first_error: Arc<OnceLock<String>>,
     progress: ProgressBar,
     value: Vec<u8>,
     rng: rand::rngs::StdRng,
@@ -218,17 +223,18 @@ impl Worker {
                 return latencies;
             }
             let started = Instant::now();
-            let ok = self.one(sequence).await;
-            if ok {
-                latencies.record(started.elapsed());
-            } else {
-                self.errors.fetch_add(1, Ordering::Relaxed);
+            match self.one(sequence).await {
+                Ok(_) => latencies.record(started.elapsed()),
+                Err(error) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.first_error.set(error.to_string());
+                }
             }
             self.progress.inc(1);
         }
     }
 
-    async fn one(&mut self, sequence: u64) -> bool {
+    async fn one(&mut self, sequence: u64) -> Result<bytes::Bytes, CallError> {
         match self.workload.clone() {
             Workload::Put(shape) => {
                 let key = self.key(&shape, sequence);
@@ -237,7 +243,7 @@ impl Worker {
                     value: self.value.clone(),
                     ..Default::default()
                 };
-                self.connection.call(PUT_PATH, &request).await.is_ok()
+                self.connection.call(PUT_PATH, &request).await
             }
             Workload::Range {
                 key,
@@ -250,7 +256,7 @@ impl Worker {
                     serializable: consistency == Consistency::S,
                     ..Default::default()
                 };
-                self.connection.call(RANGE_PATH, &request).await.is_ok()
+                self.connection.call(RANGE_PATH, &request).await
             }
             Workload::TxnPut { shape, txn_ops } => {
                 let success = (0..txn_ops as u64)
@@ -271,7 +277,7 @@ impl Worker {
                     success,
                     failure: Vec::new(),
                 };
-                self.connection.call(TXN_PATH, &request).await.is_ok()
+                self.connection.call(TXN_PATH, &request).await
             }
         }
     }

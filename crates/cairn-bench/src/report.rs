@@ -62,6 +62,10 @@ pub struct Report {
     pub duration_s: f64,
     pub latency_ms: LatencyMs,
     pub errors: u64,
+    /// What the first failed request got back (not in the JSON: its fields are etcd
+    /// `benchmark`'s); the CLI prints it on stderr.
+    #[serde(skip)]
+    pub first_error: Option<String>,
 }
 
 impl Report {
@@ -81,6 +85,7 @@ impl Report {
                 p999: round3(latencies.millis_at(0.999)),
             },
             errors,
+            first_error: None,
         }
     }
 

@@ -322,6 +322,9 @@ fn main() -> anyhow::Result<()> {
             let report = cairn_bench::kv::run(&args)
                 .await
                 .context("cairn bench kv")?;
+            if let Some(error) = &report.first_error {
+                eprintln!("{} requests failed; the first with: {error}", report.errors);
+            }
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -110,7 +110,7 @@ async fn the_benchmark_client_speaks_to_etcd_too() {
 #[tokio::test]
 async fn rejected_requests_are_counted_as_errors_and_the_server_keeps_serving() {
     let cairn = Cairn::start(&["--max-request-bytes", "4096"]).await;
-    let oversized = report(&bench(
+    let output = bench(
         &cairn.endpoint(),
         &[
             "--clients",
@@ -121,9 +121,15 @@ async fn rejected_requests_are_counted_as_errors_and_the_server_keeps_serving() 
             "--val-size",
             "8192",
         ],
-    ));
+    );
+    let oversized = report(&output);
     assert_eq!(oversized["errors"], 10);
     assert_eq!(oversized["total"], 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("10 requests failed; the first with: gRPC status"),
+        "the first error is shown: {stderr}"
+    );
     let fine = report(&bench(
         &cairn.endpoint(),
         &[
