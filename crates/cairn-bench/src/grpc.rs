@@ -190,8 +190,33 @@ fn check_status(headers: &HeaderMap) -> Result<(), CallError> {
         .unwrap_or_default();
     Err(CallError::Status {
         code: code.to_string(),
-        message: message.to_string(),
+        message: percent_decoded(message),
     })
+}
+
+/// `grpc-message` is percent-encoded (gRPC's HTTP/2 mapping); undone for people to read.
+fn percent_decoded(message: &str) -> String {
+    let bytes = message.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = (bytes[at] == b'%')
+            .then(|| bytes.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            None => {
+                decoded.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// The one uncompressed, length-prefixed message of a unary response.
@@ -234,11 +259,11 @@ mod tests {
         headers.insert("grpc-status", "0".parse().unwrap());
         assert!(check_status(&headers).is_ok());
         headers.insert("grpc-status", "9".parse().unwrap());
-        headers.insert("grpc-message", "etcdserver: no space".parse().unwrap());
+        headers.insert("grpc-message", "etcdserver:%20no%20space%".parse().unwrap());
         match check_status(&headers) {
             Err(CallError::Status { code, message }) => {
                 assert_eq!(code, "9");
-                assert_eq!(message, "etcdserver: no space");
+                assert_eq!(message, "etcdserver: no space%");
             }
             other => panic!("expected a status error, got {other:?}"),
         }

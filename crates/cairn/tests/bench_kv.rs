@@ -127,7 +127,9 @@ async fn rejected_requests_are_counted_as_errors_and_the_server_keeps_serving() 
     assert_eq!(oversized["total"], 0);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("10 requests failed; the first with: gRPC status"),
+        stderr.contains(
+            "10 requests failed; the first with: gRPC status 3: etcdserver: request is too large"
+        ),
         "the first error is shown: {stderr}"
     );
     let fine = report(&bench(
