@@ -30,6 +30,10 @@ const FRAME_HEADER_BYTES: usize = 5;
 pub enum CallError {
     #[error("HTTP/2: {0}")]
     Http2(#[from] h2::Error),
+    #[error("cannot build the request: {0}")]
+    Request(#[from] http::Error),
+    #[error("a {0}-byte message does not fit gRPC's 4 GiB length prefix")]
+    TooLarge(usize),
     #[error("HTTP status {0}")]
     HttpStatus(u16),
     #[error("gRPC status {code}: {message}")]
@@ -71,11 +75,11 @@ impl UnaryConnection {
 
     /// Sends `message` to `path` (e.g. `/etcdserverpb.KV/Put`) and returns the response
     /// message's bytes once the server's `grpc-status` says OK.
-    pub async fn call(&mut self, path: &str, message: &impl Message) -> Result<Bytes, CallError> {
+    pub async fn call(&self, path: &str, message: &impl Message) -> Result<Bytes, CallError> {
         let length = message.encoded_len();
         let mut body = BytesMut::with_capacity(FRAME_HEADER_BYTES + length);
         body.put_u8(0);
-        body.put_u32(u32::try_from(length).map_err(|_| CallError::Frame)?);
+        body.put_u32(u32::try_from(length).map_err(|_| CallError::TooLarge(length))?);
         message
             .encode(&mut body)
             .expect("the buffer was sized by encoded_len");
@@ -84,15 +88,13 @@ impl UnaryConnection {
             .scheme("http")
             .authority(self.authority.as_str())
             .path_and_query(path)
-            .build()
-            .map_err(|_| CallError::Frame)?;
+            .build()?;
         let request = Request::builder()
             .method(Method::POST)
             .uri(uri)
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(())
-            .map_err(|_| CallError::Frame)?;
+            .body(())?;
 
         let mut sender = self.sender.clone().ready().await?;
         let (response, mut send) = sender.send_request(request, false)?;

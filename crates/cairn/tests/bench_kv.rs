@@ -11,10 +11,11 @@ use cairn_proto::etcdserverpb::RangeRequest;
 use common::{Cairn, Etcd};
 use serde_json::Value;
 
-fn bench(endpoint: &str, args: &[&str]) -> Output {
+/// Runs `cairn bench kv --endpoints ENDPOINT --json ARGS` (ARGS split on whitespace).
+fn bench(endpoint: &str, args: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["bench", "kv", "--endpoints", endpoint, "--json"])
-        .args(args)
+        .args(args.split_whitespace())
         .output()
         .expect("running cairn bench kv")
 }
@@ -30,32 +31,21 @@ fn report(output: &Output) -> Value {
     serde_json::from_str(line).expect("the report is JSON")
 }
 
+fn assert_all_succeeded(report: &Value, total: u64) {
+    assert_eq!(report["total"], total, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+}
+
 /// 600 sequential puts over 300 keys from 8 clients on 3 connections: the report counts 600
 /// successes, and the server's history agrees (300 keys, one revision per put).
 async fn puts_land_once_each(endpoint: &str) {
     let output = bench(
         endpoint,
-        &[
-            "--clients",
-            "8",
-            "--conns",
-            "3",
-            "--total",
-            "600",
-            "put",
-            "--key-size",
-            "8",
-            "--val-size",
-            "64",
-            "--key-space-size",
-            "300",
-            "--sequential-keys",
-        ],
+        "--clients 8 --conns 3 --total 600 put --key-size 8 --val-size 64 --key-space-size 300 --sequential-keys",
     );
     let report = report(&output);
     assert_eq!(report["op"], "put");
-    assert_eq!(report["total"], 600);
-    assert_eq!(report["errors"], 0);
+    assert_all_succeeded(&report, 600);
     let latency = &report["latency_ms"];
     let (p50, p99) = (latency["p50"].as_f64(), latency["p99"].as_f64());
     assert!(p50 > Some(0.0) && p50 <= p99, "latencies {latency}");
@@ -90,21 +80,9 @@ async fn the_benchmark_client_speaks_to_etcd_too() {
     puts_land_once_each(&etcd.endpoint()).await;
     let ranges = report(&bench(
         &etcd.endpoint(),
-        &[
-            "--clients",
-            "4",
-            "--total",
-            "100",
-            "range",
-            "k",
-            "--consistency",
-            "s",
-        ],
+        "--clients 4 --total 100 range k --consistency s",
     ));
-    assert_eq!(
-        (ranges["total"].clone(), ranges["errors"].clone()),
-        (100.into(), 0.into())
-    );
+    assert_all_succeeded(&ranges, 100);
 }
 
 #[tokio::test]
@@ -112,15 +90,7 @@ async fn rejected_requests_are_counted_as_errors_and_the_server_keeps_serving() 
     let cairn = Cairn::start(&["--max-request-bytes", "4096"]).await;
     let output = bench(
         &cairn.endpoint(),
-        &[
-            "--clients",
-            "2",
-            "--total",
-            "10",
-            "put",
-            "--val-size",
-            "8192",
-        ],
+        "--clients 2 --total 10 put --val-size 8192",
     );
     let oversized = report(&output);
     assert_eq!(oversized["errors"], 10);
@@ -134,20 +104,9 @@ async fn rejected_requests_are_counted_as_errors_and_the_server_keeps_serving() 
     );
     let fine = report(&bench(
         &cairn.endpoint(),
-        &[
-            "--clients",
-            "2",
-            "--total",
-            "10",
-            "put",
-            "--val-size",
-            "100",
-        ],
+        "--clients 2 --total 10 put --val-size 100",
     ));
-    assert_eq!(
-        (fine["total"].clone(), fine["errors"].clone()),
-        (10.into(), 0.into())
-    );
+    assert_all_succeeded(&fine, 10);
 }
 
 #[test]
@@ -161,7 +120,7 @@ fn unusable_endpoints_fail_with_a_clear_message() {
         ("not a url".to_string(), "not a URL"),
         (format!("http://127.0.0.1:{port}"), "cannot connect"),
     ] {
-        let output = bench(&endpoint, &["--total", "1", "put"]);
+        let output = bench(&endpoint, "--total 1 put");
         assert!(!output.status.success(), "{endpoint} was accepted");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{endpoint}: {stderr}");
