@@ -14,7 +14,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, Uri};
+use http::header::{CONTENT_TYPE, TE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -48,14 +50,15 @@ pub enum CallError {
 #[derive(Clone)]
 pub struct UnaryConnection {
     sender: h2::client::SendRequest<Bytes>,
-    authority: String,
+    /// Parsed once: every request's URI carries it.
+    authority: Authority,
 }
 
 impl UnaryConnection {
     /// Connects to `authority` (`host:port`); a task drives the connection until every clone
     /// is dropped.
-    pub async fn connect(authority: &str) -> Result<UnaryConnection, std::io::Error> {
-        let stream = TcpStream::connect(authority).await?;
+    pub async fn connect(authority: Authority) -> Result<UnaryConnection, std::io::Error> {
+        let stream = TcpStream::connect(authority.as_str()).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
@@ -67,15 +70,16 @@ impl UnaryConnection {
             // The connection's end shows up in the calls as an `h2::Error`.
             let _ = connection.await;
         });
-        Ok(UnaryConnection {
-            sender,
-            authority: authority.to_string(),
-        })
+        Ok(UnaryConnection { sender, authority })
     }
 
     /// Sends `message` to `path` (e.g. `/etcdserverpb.KV/Put`) and returns the response
     /// message's bytes once the server's `grpc-status` says OK.
-    pub async fn call(&self, path: &str, message: &impl Message) -> Result<Bytes, CallError> {
+    pub async fn call(
+        &self,
+        path: &'static str,
+        message: &impl Message,
+    ) -> Result<Bytes, CallError> {
         let length = message.encoded_len();
         let mut body = BytesMut::with_capacity(FRAME_HEADER_BYTES + length);
         body.put_u8(0);
@@ -85,15 +89,15 @@ impl UnaryConnection {
             .expect("the buffer was sized by encoded_len");
 
         let uri = Uri::builder()
-            .scheme("http")
-            .authority(self.authority.as_str())
-            .path_and_query(path)
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::from_static(path))
             .build()?;
         let request = Request::builder()
             .method(Method::POST)
             .uri(uri)
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+            .header(TE, HeaderValue::from_static("trailers"))
             .body(())?;
 
         let mut sender = self.sender.clone().ready().await?;

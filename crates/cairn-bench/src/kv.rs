@@ -181,18 +181,16 @@ async fn connect(endpoint: &str) -> Result<UnaryConnection, BenchError> {
         return Err(bad("only http:// endpoints are supported"));
     }
     let authority = uri.authority().ok_or_else(|| bad("no host:port"))?;
-    let connecting = UnaryConnection::connect(authority.as_str());
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(error)) => Err(BenchError::Connect {
-            endpoint: endpoint.to_string(),
-            reason: error.to_string(),
-        }),
-        Err(_) => Err(BenchError::Connect {
-            endpoint: endpoint.to_string(),
-            reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
-        }),
-    }
+    let connecting = UnaryConnection::connect(authority.clone());
+    let reason = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => return Ok(connection),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+    };
+    Err(BenchError::Connect {
+        endpoint: endpoint.to_string(),
+        reason,
+    })
 }
 
 fn value_size(workload: &Workload) -> usize {

@@ -46,10 +46,11 @@
 //! **Torn-tail rule.** A crash can only tear records the last segment received after its last
 //! completed fsync. So at open the last segment is cut (and the cut fsynced) at its first record
 //! that is incomplete, claims a length above the bound, or fails its CRC, unless only zeros
-//! follow (the clean end above); everything before it is the log. A bad record in any other segment, a bad segment header, a record that checks
-//! out but carries the wrong index, or segments that are not contiguous are corruption: open
-//! fails with [`WalError::Corrupt`]. Segments entirely at or below `after_index` are not read at
-//! open (only their header is checked).
+//! follow (the clean end above); everything before it is the log. A bad record in any other
+//! segment, a bad segment header, a record that checks out but carries the wrong index, or
+//! segments that are not contiguous are corruption: open fails with [`WalError::Corrupt`].
+//! Segments entirely at or below `after_index` are not read at open (only their header is
+//! checked).
 //!
 //! # Threads
 //!
