@@ -556,6 +556,18 @@ impl Replica {
 
     /// Runs a membership change on the leader (here, or forwarded to it).
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ConsensusError> {
+        // A leader that loses its leadership in the middle of a change (a leader removing
+        // itself while cut off, say) may never answer: like etcd, the caller gets "request
+        // timed out" instead of waiting forever.
+        tokio::time::timeout(
+            self.inner.request_timeout,
+            self.change_through_leader(change),
+        )
+        .await
+        .map_err(|_| ConsensusError::Timeout)?
+    }
+
+    async fn change_through_leader(&self, change: MembershipChange) -> Result<(), ConsensusError> {
         let change = change.to_pb();
         let mut leader = self.leader().await?;
         for _ in 0..3 {
