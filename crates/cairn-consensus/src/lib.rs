@@ -20,7 +20,7 @@
 //!   sync waiters), the apply hooks, leader ordering and witnessing, recovery on leader change.
 //! - `network` — the `Transport` trait, openraft's network over it, `tcp` and `sim`.
 //! - `metrics` — counters of proposals, commits, applies and leader changes.
-//! - `peer` — answers peer requests; `replica` — the member; `joint_config` — the leader
+//! - `peer` — answers peer requests (and refuses removed members, `removal`); `replica` — the member; `joint_config` — the leader
 //!   finishes membership changes openraft left joint; `limits`, `error`.
 
 mod batcher;
@@ -35,6 +35,7 @@ pub mod native;
 pub mod network;
 pub mod peer;
 mod read_index;
+pub mod removal;
 pub mod replica;
 pub mod snapshot_file;
 mod snapshot_trigger;

@@ -14,7 +14,7 @@ use crate::batcher::ProposalBatcher;
 use crate::election::LeaderContact;
 use crate::network::{PeerRequest, PeerResponse};
 use crate::state_machine::Replicated;
-use crate::types::{MemberId, Raft};
+use crate::types::{MemberId, Raft, Vote};
 use crate::wire;
 
 /// Answers peer requests for one member; cheap to clone.
@@ -46,6 +46,7 @@ impl PeerHandler {
         match request {
             PeerRequest::AppendEntries(request) => {
                 let request = wire::append_entries_request_from_pb(request).map_err(failed)?;
+                self.refuse_removed(&request.vote)?;
                 // Whether this member holds every entry the leader calls committed once the
                 // append succeeds: the last entry it carries (or its anchor) reaches the
                 // leader's commit index.
@@ -72,6 +73,7 @@ impl PeerHandler {
                     vote: wire::vote_from_pb(request.vote.as_ref()).map_err(failed)?,
                     last_log_id: wire::option_log_id_from_pb(&request.last_log_id),
                 };
+                self.refuse_removed(&request.vote)?;
                 let candidate_log = request.last_log_id;
                 let response = self.raft.vote(request).await.map_err(failed)?;
                 // The answer carries this member's own last log id.
@@ -86,6 +88,7 @@ impl PeerHandler {
             }
             PeerRequest::InstallSnapshot(request) => {
                 let request = wire::install_snapshot_request_from_pb(request).map_err(failed)?;
+                self.refuse_removed(&request.vote)?;
                 let response = self
                     .raft
                     .install_snapshot(request)
@@ -137,6 +140,34 @@ impl PeerHandler {
                 }))
             }
         }
+    }
+
+    /// Refuses a raft request from a member the cluster removed (the vote names the sender),
+    /// so that a removed member that missed its removal learns of it and stops. A member the
+    /// newest membership lists again is served even before that membership applies here.
+    fn refuse_removed(&self, vote: &Vote) -> Result<(), raftpb::PeerError> {
+        let Some(sender) = vote.leader_id().voted_for() else {
+            return Ok(());
+        };
+        if !self.shared.removals.is_removed(sender) {
+            return Ok(());
+        }
+        let listed = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == sender);
+        if listed {
+            return Ok(());
+        }
+        Err(raftpb::PeerError {
+            leader_id: 0,
+            message: format!("member {sender:x} was removed from the cluster"),
+            removed: true,
+        })
     }
 
     /// A follower's client write: replicated here if this member leads.
@@ -257,7 +288,11 @@ pub(crate) async fn change_membership(
 }
 
 pub(crate) fn refused(leader_id: MemberId, message: String) -> raftpb::PeerError {
-    raftpb::PeerError { leader_id, message }
+    raftpb::PeerError {
+        leader_id,
+        message,
+        removed: false,
+    }
 }
 
 /// A refusal without a leader hint: the message did not decode, or raft is stopping.

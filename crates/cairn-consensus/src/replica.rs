@@ -194,7 +194,7 @@ impl Replica {
         let raft = Raft::new(
             config.member_id,
             Arc::new(raft_config),
-            Network::new(transport.clone()),
+            Network::new(transport.clone(), shared.removals.clone()),
             log_store,
             state_machine,
         )
@@ -602,9 +602,17 @@ impl Replica {
     }
 
     /// Resolves once this member has been removed from the cluster: a membership that listed
-    /// it was followed by an applied one that does not. Never resolves for a member still waiting to be
+    /// it was followed by an applied one that does not, or a peer refused it as removed (it
+    /// missed the entry that removed it). Never resolves for a member still waiting to be
     /// added (its membership is empty until the leader reaches it) or once raft has stopped.
     pub async fn removed(&self) {
+        tokio::select! {
+            () = self.removal_applied() => {}
+            () = self.inner.shared.removals.told() => {}
+        }
+    }
+
+    async fn removal_applied(&self) {
         let mut metrics = self.inner.raft.metrics();
         let mut was_member = false;
         loop {

@@ -10,6 +10,7 @@
 //! Hot path (`apply`): one decode per entry, no task or channel per entry; the proposer's
 //! waiter gets its result straight from here.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -30,6 +31,7 @@ use crate::curp::SessionTable;
 use crate::error::OpenError;
 use crate::metrics::ConsensusMetrics;
 use crate::native::NativeState;
+use crate::removal::Removals;
 use crate::snapshot_file::SnapshotFile;
 use crate::types::{
     Entry, LogId, MemberId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -52,6 +54,8 @@ pub struct Replicated {
     requests_applied: AtomicU64,
     /// The native CURP-HO protocol's state: sessions, witness pool, sync waiters.
     pub native: NativeState,
+    /// Members the applied memberships removed, and whether a peer said this one was.
+    pub removals: Arc<Removals>,
 }
 
 impl Replicated {
@@ -94,6 +98,8 @@ struct AppliedState {
     curp_sessions: Bytes,
     /// The newest `RecoveryDone` term applied.
     curp_recovered_term: u64,
+    /// Members an applied membership removed (see `removal.rs`).
+    removed: BTreeSet<MemberId>,
 }
 
 impl AppliedState {
@@ -105,6 +111,7 @@ impl AppliedState {
             membership,
             curp_sessions: self.curp_sessions.to_vec(),
             curp_recovered_term: self.curp_recovered_term,
+            removed_members: self.removed.iter().copied().collect(),
         };
         Bytes::from(state.encode_to_vec())
     }
@@ -119,6 +126,7 @@ impl AppliedState {
             membership,
             curp_sessions: Bytes::from(state.curp_sessions),
             curp_recovered_term: state.curp_recovered_term,
+            removed: state.removed_members.into_iter().collect(),
         })
     }
 
@@ -225,6 +233,7 @@ impl StateMachine {
                 metrics,
                 requests_applied: AtomicU64::new(0),
                 native: NativeState::new(sessions, applied.curp_recovered_term),
+                removals: Arc::new(Removals::new(applied.removed.clone())),
             }),
             snapshots: Arc::new(snapshots),
             applied,
@@ -281,6 +290,9 @@ impl StateMachine {
             EntryPayload::Blank if index == 0 => {}
             EntryPayload::Blank => store.apply_noop(index),
             EntryPayload::Membership(membership) => {
+                let removals = &self.shared.removals;
+                removals.applied(self.applied.membership.membership(), &membership);
+                self.applied.removed = removals.snapshot();
                 self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                 if index > 0 {
                     store.apply_noop(index);
@@ -384,6 +396,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.shared
                 .native
                 .restore(sessions, applied.curp_recovered_term);
+            self.shared.removals.restore(applied.removed.clone());
             self.shared.publish(&current, index);
         }
         self.applied = applied;

@@ -248,9 +248,10 @@ pub fn install_snapshot_request_to_pb(
                 last_applied: option_log_id_to_pb(&request.meta.last_log_id),
                 membership_log_id,
                 membership,
-                // Snapshot meta only: the sessions travel inside the snapshot data.
+                // Snapshot meta only: the sessions and removals travel inside the snapshot data.
                 curp_sessions: Vec::new(),
                 curp_recovered_term: 0,
+                removed_members: Vec::new(),
             }),
             snapshot_id: request.meta.snapshot_id.clone(),
         }),

@@ -25,6 +25,7 @@ use openraft::raft::{
 use thiserror::Error;
 
 use crate::error::WireError;
+use crate::removal::Removals;
 use crate::types::{Member, MemberId, TypeConfig};
 use crate::wire;
 
@@ -81,11 +82,16 @@ pub trait Transport: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Network {
     transport: Arc<dyn Transport>,
+    /// Told when a peer refuses this member as removed.
+    removals: Arc<Removals>,
 }
 
 impl Network {
-    pub fn new(transport: Arc<dyn Transport>) -> Network {
-        Network { transport }
+    pub fn new(transport: Arc<dyn Transport>, removals: Arc<Removals>) -> Network {
+        Network {
+            transport,
+            removals,
+        }
     }
 }
 
@@ -95,6 +101,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: MemberId, member: &Member) -> PeerClient {
         PeerClient {
             transport: self.transport.clone(),
+            removals: self.removals.clone(),
             target,
             member: member.clone(),
         }
@@ -104,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// openraft's client for one peer.
 pub struct PeerClient {
     transport: Arc<dyn Transport>,
+    removals: Arc<Removals>,
     target: MemberId,
     member: Member,
 }
@@ -124,8 +132,13 @@ impl PeerClient {
             Ok(Err(error @ TransportError::Unreachable(_))) => {
                 Err(RPCError::Unreachable(Unreachable::new(&error)))
             }
-            Ok(Err(error @ TransportError::Refused(_))) => {
-                Err(RPCError::Network(NetworkError::new(&error)))
+            Ok(Err(TransportError::Refused(refusal))) => {
+                if refusal.removed {
+                    self.removals.told_removed();
+                }
+                Err(RPCError::Network(NetworkError::new(
+                    &TransportError::Refused(refusal),
+                )))
             }
             Ok(Ok(response)) => Ok(response),
         }

@@ -3,14 +3,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use cairn_proto::raftpb::{self, PeerFrame};
+use cairn_proto::raftpb::PeerFrame;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::debug;
 
 use super::{frame, PeerIo};
 use crate::limits::{PEER_CALLS_SERVED_MAX, PEER_WRITE_BATCH_BYTES};
-use crate::peer::PeerHandler;
+use crate::peer::{refused, PeerHandler};
 
 /// Serves the requests of one accepted peer connection until the peer closes it, it breaks,
 /// or `shutdown` resolves.
@@ -45,10 +45,7 @@ pub async fn serve(stream: impl PeerIo, handler: PeerHandler, shutdown: impl Fut
                 });
             }
             Err(what) => {
-                let refusal = raftpb::PeerError {
-                    leader_id: 0,
-                    message: format!("invalid peer request: {what}"),
-                };
+                let refusal = refused(0, format!("invalid peer request: {what}"));
                 if answers
                     .send(frame::answer_frame(call, Err(refusal)))
                     .await
@@ -74,10 +71,10 @@ async fn write_answers<W: AsyncWrite + Unpin>(
         let mut answer = Some(first);
         while let Some(frame) = answer.take() {
             if let Err(frame::TooLarge(len)) = frame::encode(&frame, &mut buffer) {
-                let refusal = raftpb::PeerError {
-                    leader_id: 0,
-                    message: format!("answer of {len} bytes is over the peer message limit"),
-                };
+                let refusal = refused(
+                    0,
+                    format!("answer of {len} bytes is over the peer message limit"),
+                );
                 let refused = frame::answer_frame(frame.call, Err(refusal));
                 if frame::encode(&refused, &mut buffer).is_err() {
                     return;

@@ -123,6 +123,7 @@ async fn a_refusal_reaches_the_caller_as_refused() {
         let refusal = raftpb::PeerError {
             leader_id: 7,
             message: "not the leader".to_string(),
+            removed: false,
         };
         let answer = PeerFrame {
             call: request.call,
