@@ -14,8 +14,21 @@ use crate::types::Raft;
 pub(crate) async fn snapshot_every(raft: Raft, shared: Arc<Replicated>, requests: u64) {
     assert!(requests > 0, "snapshot interval must be positive");
     let mut applied = shared.applied_index();
+    // `shared` outlives raft (this task holds it): raft's own metrics end when raft stops.
+    let mut raft_state = raft.server_metrics();
     let mut at_last = shared.requests_applied();
-    while applied.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() {
+                return;
+            },
+            changed = raft_state.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         let now = shared.requests_applied();
         if now - at_last < requests {
             continue;

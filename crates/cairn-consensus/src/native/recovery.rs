@@ -84,6 +84,11 @@ pub(crate) async fn watch_leadership(replica: Replica) {
                     )
                 }
                 Err(error) => {
+                    // Raft stopped (the attempt failed for that): nothing left to recover, and
+                    // retrying would wake this task every 100 ms for as long as the process lives.
+                    if metrics.has_changed().is_err() {
+                        return;
+                    }
                     warn!(%error, term, "CURP-HO recovery failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
