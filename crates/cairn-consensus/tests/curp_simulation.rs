@@ -12,6 +12,15 @@
 //!   before that invocation; once a `Get` returned a value, no `Get` invoked later misses it;
 //! - members end identical (`HashKV`).
 //!
+//! Beside them, weak sessions, each bound to one replica, issue causal operations over FIFO
+//! client links (seeded delays, no reordering within a link, messages to a down member lost)
+//! with the client's rules (`WeakSession`: weak writes to every replica, complete once the
+//! bound replica has them, resent until applied; weak reads at the bound replica no older
+//! than the session's last seen revision, its own unapplied writes laid over; a final flush).
+//! They check causal consistency (`check_weak`): reads return only written values,
+//! read-your-writes, monotonic reads, and after the flush every write of the session applied
+//! once on every member, in session order.
+//!
 //! The client side is the real completion rule (`curp::Completion`, fast path = leader `ok`
 //! plus same-term witnesses making a superquorum, else the leader's sync reply) and the real
 //! replica entry point (`Replica::native_propose`); only the client–replica link is simulated
@@ -34,15 +43,17 @@ use bytes::Bytes;
 use cairn_consensus::curp::{
     Command, CommandId, Completion, Consistency, Op, Path, Quorums, Reply,
 };
-use cairn_consensus::native::replica::ProposeReply;
+use cairn_consensus::native::replica::{ProposeReply, WeakReadReply};
 use cairn_consensus::network::sim::Faults;
 use cairn_consensus::Replica;
+use cairn_mvcc::KvStore;
 use cairn_proto::curppb;
 use cairn_proto::etcdserverpb::RangeRequest;
+use cairn_proto::mvccpb::KeyValue;
 use common::{seeds, SimCluster};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 const CLIENTS: u64 = 4;
@@ -76,6 +87,25 @@ enum Event {
 
 fn key_name(key: u64) -> Bytes {
     Bytes::from(format!("k{key:04}"))
+}
+
+/// Key `key` in a member's final state.
+fn read_key(store: &KvStore, member: u64, key: u64) -> Result<Option<KeyValue>, String> {
+    let found = store
+        .range(&RangeRequest {
+            key: key_name(key).to_vec(),
+            ..Default::default()
+        })
+        .map_err(|error| format!("range on {member}: {error}"))?;
+    Ok(found.kvs.into_iter().next())
+}
+
+/// The proposer's clock, as the server stamps it (the session table's idle expiry runs on
+/// these stamps).
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
 }
 
 /// Sends `command` to every replica over the simulated client links and runs the client's
@@ -119,14 +149,14 @@ async fn run_command(
             let replies = replies.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay_out).await;
-                let now_unix_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |since| since.as_millis() as i64);
                 // A member that crashed meanwhile cannot answer (its handle outlives it here).
                 if !replica.is_running() {
                     return;
                 }
-                let Ok(reply) = replica.native_propose(command, now_unix_ms, 1 << 20).await else {
+                let Ok(reply) = replica
+                    .native_propose(command, now_unix_ms(), 1 << 20)
+                    .await
+                else {
                     return;
                 };
                 tokio::time::sleep(delay_back).await;
@@ -309,6 +339,374 @@ fn check_reads(events: &[Event]) -> Result<(), String> {
     Ok(())
 }
 
+/// Weak (causal) sessions next to the strong clients, each bound to one replica.
+const WEAK_SESSIONS: u64 = 2;
+const WEAK_OPS_PER_SESSION: u64 = 30;
+/// Weak sessions write their own keys, after the strong clients' keys, once each.
+const WEAK_KEY_BASE: u64 = KEYS;
+const WEAK_KEYS: u64 = WEAK_SESSIONS * WEAK_OPS_PER_SESSION;
+
+/// One weak session's operations, in session order.
+#[derive(Clone, Debug)]
+enum WeakEvent {
+    Put {
+        seq: u64,
+        key: u64,
+        value: String,
+        completed: bool,
+    },
+    Get {
+        key: u64,
+        value: Option<String>,
+    },
+}
+
+/// What a session sends one replica.
+enum LinkMessage {
+    Propose(Command),
+    Read {
+        op: curppb::op::Op,
+        min_revision: i64,
+        answer: oneshot::Sender<WeakReadReply>,
+    },
+    Flush {
+        seq: u64,
+        answer: oneshot::Sender<()>,
+    },
+}
+
+/// A session's connection to one replica: FIFO like TCP (each message waits a seeded delay
+/// behind the one before it; none overtakes another), handled in arrival order as a server
+/// connection handles it. Messages reaching a member that is down are lost, as on a broken
+/// connection; the session resends what it still needs.
+fn open_link(
+    member: u64,
+    client_id: u64,
+    members: Members,
+    seed: u64,
+    answered: mpsc::UnboundedSender<(u64, CommandId)>,
+) -> mpsc::UnboundedSender<LinkMessage> {
+    let (sender, mut queue) = mpsc::unbounded_channel::<LinkMessage>();
+    tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        while let Some(message) = queue.recv().await {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
+            let replica = members.lock().expect("members").get(&member).cloned();
+            let Some(replica) = replica.flatten().filter(Replica::is_running) else {
+                continue;
+            };
+            match message {
+                LinkMessage::Propose(command) => {
+                    let id = command.id;
+                    let proposed = replica.native_propose(command, now_unix_ms(), 1 << 20);
+                    if proposed.await.is_ok() {
+                        let _ = answered.send((member, id));
+                    }
+                }
+                // Reads and flushes wait for the replica to catch up without holding up the
+                // link, as the server answers them.
+                LinkMessage::Read {
+                    op,
+                    min_revision,
+                    answer,
+                } => {
+                    tokio::spawn(async move {
+                        let read = replica.native_weak_read(client_id, &op, min_revision);
+                        if let Ok(reply) = read.await {
+                            let _ = answer.send(reply);
+                        }
+                    });
+                }
+                LinkMessage::Flush { seq, answer } => {
+                    tokio::spawn(async move {
+                        if replica.native_flush(client_id, seq).await.is_ok() {
+                            let _ = answer.send(());
+                        }
+                    });
+                }
+            }
+        }
+    });
+    sender
+}
+
+/// A weak session: the client side of CURP-HO's causal operations as `cairn-client` runs
+/// them (weak writes to every replica, complete once the bound replica has them; weak reads
+/// at the bound replica no older than anything the session saw, with the session's own
+/// unapplied writes laid over; a flush that resends unapplied writes until the bound replica
+/// applied them all).
+struct WeakSession {
+    client_id: u64,
+    bound: u64,
+    links: BTreeMap<u64, mpsc::UnboundedSender<LinkMessage>>,
+    answered: mpsc::UnboundedReceiver<(u64, CommandId)>,
+    unapplied: BTreeMap<u64, Command>,
+    min_revision: i64,
+    seq: u64,
+    events: Vec<WeakEvent>,
+}
+
+impl WeakSession {
+    fn open(index: u64, members: &Members, seed: u64) -> WeakSession {
+        let client_id = 100 + index;
+        let ids: Vec<u64> = members.lock().expect("members").keys().copied().collect();
+        let mut rng = StdRng::seed_from_u64(seed ^ (client_id << 32));
+        let bound = ids[rng.gen_range(0..ids.len())];
+        let (answers, answered) = mpsc::unbounded_channel();
+        let links = ids
+            .iter()
+            .map(|&member| {
+                let link_seed = rng.gen();
+                let link = open_link(
+                    member,
+                    client_id,
+                    members.clone(),
+                    link_seed,
+                    answers.clone(),
+                );
+                (member, link)
+            })
+            .collect();
+        WeakSession {
+            client_id,
+            bound,
+            links,
+            answered,
+            unapplied: BTreeMap::new(),
+            min_revision: 0,
+            seq: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Sends every unapplied write again, in session order, to every replica.
+    fn resend_unapplied(&self) {
+        for command in self.unapplied.values() {
+            for link in self.links.values() {
+                let _ = link.send(LinkMessage::Propose(command.clone()));
+            }
+        }
+    }
+
+    async fn put(&mut self, key: u64) {
+        self.seq += 1;
+        let seq = self.seq;
+        let value = format!("w{}-{seq}", self.client_id);
+        let command = Command {
+            id: CommandId {
+                client_id: self.client_id,
+                seq,
+            },
+            op: Op::Put {
+                key: key_name(key),
+                value: Bytes::from(value.clone()),
+            },
+            consistency: Consistency::Weak,
+        };
+        for link in self.links.values() {
+            let _ = link.send(LinkMessage::Propose(command.clone()));
+        }
+        self.unapplied.insert(seq, command.clone());
+        let deadline = Instant::now() + OP_TIMEOUT;
+        let mut completed = false;
+        while !completed && Instant::now() < deadline {
+            let retry_at = (Instant::now() + RETRY).min(deadline);
+            match tokio::time::timeout_at(retry_at, self.answered.recv()).await {
+                Ok(Some((member, id))) => completed = member == self.bound && id == command.id,
+                Ok(None) => break,
+                Err(_) => self.resend_unapplied(),
+            }
+        }
+        self.events.push(WeakEvent::Put {
+            seq,
+            key,
+            value,
+            completed,
+        });
+    }
+
+    async fn get(&mut self, key: u64) {
+        let (answer, reply) = oneshot::channel();
+        let op = Op::Get { key: key_name(key) };
+        let Some(op) = cairn_consensus::native::op_to_pb(&op).op else {
+            return;
+        };
+        let _ = self.links[&self.bound].send(LinkMessage::Read {
+            op,
+            min_revision: self.min_revision,
+            answer,
+        });
+        let Ok(Ok(read)) = tokio::time::timeout(OP_TIMEOUT, reply).await else {
+            return;
+        };
+        self.min_revision = self.min_revision.max(read.applied_revision);
+        self.unapplied = self.unapplied.split_off(&(read.applied_seq + 1));
+        // Read-your-writes: the session's own write the replica has not applied wins.
+        let own = self
+            .unapplied
+            .values()
+            .rev()
+            .find_map(|command| match &command.op {
+                Op::Put {
+                    key: written,
+                    value,
+                } if *written == key_name(key) => Some(String::from_utf8_lossy(value).to_string()),
+                _ => None,
+            });
+        let value = own.or_else(|| {
+            read.result
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).to_string())
+        });
+        self.events.push(WeakEvent::Get { key, value });
+    }
+
+    /// Waits until the bound replica has applied every write of the session, resending the
+    /// unapplied ones meanwhile; false if that did not happen in time.
+    async fn flush(&mut self) -> bool {
+        let deadline = Instant::now() + CONVERGE_BUDGET;
+        while Instant::now() < deadline {
+            let (answer, flushed) = oneshot::channel();
+            let _ = self.links[&self.bound].send(LinkMessage::Flush {
+                seq: self.seq,
+                answer,
+            });
+            if let Ok(Ok(())) = tokio::time::timeout(RETRY, flushed).await {
+                return true;
+            }
+            self.resend_unapplied();
+        }
+        false
+    }
+}
+
+async fn weak_session(index: u64, members: Members, seed: u64) -> WeakSession {
+    let mut session = WeakSession::open(index, &members, seed);
+    let mut rng = StdRng::seed_from_u64(seed ^ (session.client_id << 40));
+    let mut written = 0;
+    while written < WEAK_OPS_PER_SESSION {
+        if rng.gen_bool(0.5) {
+            session
+                .put(WEAK_KEY_BASE + index * WEAK_OPS_PER_SESSION + written)
+                .await;
+            written += 1;
+        } else {
+            // Mostly its own keys (read-your-writes), sometimes anyone's.
+            let key = if rng.gen_bool(0.7) && written > 0 {
+                WEAK_KEY_BASE + index * WEAK_OPS_PER_SESSION + rng.gen_range(0..written)
+            } else {
+                rng.gen_range(0..WEAK_KEY_BASE + WEAK_KEYS)
+            };
+            session.get(key).await;
+        }
+    }
+    session
+}
+
+/// The causal rules for weak sessions, on their histories and, once each session flushed,
+/// on every member's final state:
+/// - a weak read returns only a value some write of that key was invoked with;
+/// - read-your-writes: after the session's write of a key completed, its reads of that key
+///   return that value;
+/// - monotonic reads: once a read returned a key's value, the session's later reads do too;
+/// - after a flush, every write of the session (completed or not: the session resends) is
+///   applied on every member, once, in session order (revisions grow with seq).
+fn check_weak(
+    sessions: &[WeakSession],
+    strong: &[Event],
+    cluster: &SimCluster,
+) -> Result<(), String> {
+    let mut written: BTreeMap<u64, String> = BTreeMap::new();
+    for event in strong {
+        if let Event::Put { key, value, .. } = event {
+            written.insert(*key, value.clone());
+        }
+    }
+    for session in sessions {
+        for event in &session.events {
+            if let WeakEvent::Put { key, value, .. } = event {
+                written.insert(*key, value.clone());
+            }
+        }
+    }
+    for session in sessions {
+        let who = format!(
+            "weak session {} (bound to {})",
+            session.client_id, session.bound
+        );
+        let mut own: BTreeMap<u64, String> = BTreeMap::new();
+        let mut seen: BTreeMap<u64, String> = BTreeMap::new();
+        for event in &session.events {
+            match event {
+                WeakEvent::Put {
+                    key,
+                    value,
+                    completed: true,
+                    ..
+                } => {
+                    own.insert(*key, value.clone());
+                }
+                WeakEvent::Put { .. } => {}
+                WeakEvent::Get { key, value } => {
+                    if let Some(value) = value {
+                        if written.get(key) != Some(value) {
+                            return Err(format!("{who}: read k{key}={value}, which no Put wrote"));
+                        }
+                    }
+                    for (rule, expected) in [
+                        ("its own write", own.get(key)),
+                        ("an earlier read", seen.get(key)),
+                    ] {
+                        if let Some(expected) = expected {
+                            if value.as_ref() != Some(expected) {
+                                return Err(format!(
+                                    "{who}: read k{key}={value:?} after {rule} showed {expected:?}"
+                                ));
+                            }
+                        }
+                    }
+                    if let Some(value) = value {
+                        seen.insert(*key, value.clone());
+                    }
+                }
+            }
+        }
+        for (id, replica) in cluster.up() {
+            let store = replica.store();
+            let mut last_revision = 0;
+            for event in &session.events {
+                let WeakEvent::Put {
+                    seq, key, value, ..
+                } = event
+                else {
+                    continue;
+                };
+                let Some(kv) = read_key(&store, id, *key)? else {
+                    return Err(format!(
+                        "{who}: flushed write seq {seq} (k{key}) is missing on {id}"
+                    ));
+                };
+                if kv.value != value.as_bytes() || kv.version != 1 {
+                    return Err(format!(
+                        "{who}: write seq {seq} (k{key}={value}) is {:?} version {} on {id}",
+                        String::from_utf8_lossy(&kv.value),
+                        kv.version
+                    ));
+                }
+                if kv.mod_revision <= last_revision {
+                    return Err(format!(
+                        "{who}: write seq {seq} applied at revision {} on {id}, before an earlier write of the session ({last_revision})",
+                        kv.mod_revision
+                    ));
+                }
+                last_revision = kv.mod_revision;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run_seed(seed: u64) -> Result<String, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let size = if rng.gen_bool(0.7) { 3 } else { 5 };
@@ -336,6 +734,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 events.clone(),
             ))
         })
+        .collect();
+    let weak_sessions: Vec<_> = (0..WEAK_SESSIONS)
+        .map(|index| tokio::spawn(weak_session(index, members.clone(), seed)))
         .collect();
     // Nemesis: crash the leader while commands are in flight, bring it back; sometimes cut
     // a member off for a while.
@@ -383,8 +784,37 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         .await
         .map_err(|reason| format!("{LIVENESS}{reason}"))?;
 
+    let mut sessions = Vec::new();
+    for session in weak_sessions {
+        let mut session = session
+            .await
+            .map_err(|error| format!("weak session task: {error}"))?;
+        if !session.flush().await {
+            return Err(format!(
+                "{LIVENESS}weak session {} never flushed",
+                session.client_id
+            ));
+        }
+        sessions.push(session);
+    }
+    cluster
+        .wait_converged(CONVERGE_BUDGET)
+        .await
+        .map_err(|reason| format!("{LIVENESS}{reason}"))?;
     cluster.members_agree()?;
     let events = events.lock().expect("events").clone();
+    check_weak(&sessions, &events, &cluster)?;
+    let weak_events = sessions.iter().flat_map(|session| &session.events);
+    let (mut weak_puts, mut weak_reads_found) = (0, 0);
+    for event in weak_events {
+        match event {
+            WeakEvent::Put {
+                completed: true, ..
+            } => weak_puts += 1,
+            WeakEvent::Get { value: Some(_), .. } => weak_reads_found += 1,
+            _ => {}
+        }
+    }
     let (mut fast, mut slow, mut lost_in_doubt) = (0, 0, 0);
     for (id, replica) in cluster.up() {
         let store = replica.store();
@@ -398,19 +828,13 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             else {
                 continue;
             };
-            let found = store
-                .range(&RangeRequest {
-                    key: key_name(*key).to_vec(),
-                    ..Default::default()
-                })
-                .map_err(|error| format!("range on {id}: {error}"))?;
-            let kv = found.kvs.first();
-            if let Some(kv) = kv {
+            let kv = read_key(&store, id, *key)?;
+            if let Some(kv) = &kv {
                 if kv.version != 1 {
                     return Err(format!("k{key} applied {} times on {id}", kv.version));
                 }
             }
-            match (completed, kv) {
+            match (completed, kv.as_ref()) {
                 (Some((_, path)), Some(kv)) if kv.value == value.as_bytes() => {
                     if id == cluster.ids()[0] {
                         fast += usize::from(*path == Path::Fast);
@@ -438,7 +862,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     check_reads(&events)?;
     cluster.stop().await;
     Ok(format!(
-        "size={size} {faults:?} client_drop={client_drop} crashes={crashes} fast={fast} slow={slow} unfinished_not_applied={lost_in_doubt}"
+        "size={size} {faults:?} client_drop={client_drop} crashes={crashes} fast={fast} slow={slow} unfinished_not_applied={lost_in_doubt} weak_puts_completed={weak_puts} weak_reads_found={weak_reads_found}"
     ))
 }
 
