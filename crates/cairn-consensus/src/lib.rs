@@ -20,7 +20,8 @@
 //!   sync waiters), the apply hooks, leader ordering and witnessing, recovery on leader change.
 //! - `network` — the `Transport` trait, openraft's network over it, `tcp` and `sim`.
 //! - `metrics` — counters of proposals, commits, applies and leader changes.
-//! - `peer` — answers peer requests (and refuses removed members, `removal`); `replica` — the member; `joint_config` — the leader
+//! - `peer` — answers peer requests; `removal` — members removed from the cluster, whose
+//!   raft requests peers refuse; `replica` — the member; `joint_config` — the leader
 //!   finishes membership changes openraft left joint; `limits`, `error`.
 
 mod batcher;
