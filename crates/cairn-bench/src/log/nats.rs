@@ -750,13 +750,16 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts the server on a free port and waits until it accepts connections (nats-server
-    /// starts JetStream before it listens, so accepting means ready).
+    /// Starts the server on a port it picks itself and waits until it accepts connections
+    /// (nats-server starts JetStream before it listens, so accepting means ready). The server
+    /// binds the port and reports it in its ports file: a port picked here and bound there
+    /// could be taken in between, and a probe could then reach another test's server.
     pub async fn start() -> Result<NatsServer, NatsError> {
         let store = tempfile::tempdir()?;
-        let port = free_port()?;
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(store.path())
+            .arg("--ports_file_dir")
             .arg(store.path())
             .arg("-l")
             .arg(log_path(store.path()))
@@ -765,7 +768,11 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|error| NatsError::ServerStart(error.to_string()))?;
-        let mut server = NatsServer { child, port, store };
+        let mut server = NatsServer {
+            child,
+            port: 0,
+            store,
+        };
         server.wait_accepting().await?;
         Ok(server)
     }
@@ -773,6 +780,22 @@ impl NatsServer {
     /// `host:port` for [`NatsArgs::url`] and [`NatsConnection::connect`].
     pub fn url(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The client port from the ports file (`nats-server_<pid>.ports`:
+    /// `{"nats":["nats://127.0.0.1:PORT"]}`), once the server has written it.
+    fn reported_port(&self) -> Option<u16> {
+        #[derive(serde::Deserialize)]
+        struct Ports {
+            nats: Vec<String>,
+        }
+        let file = self
+            .store
+            .path()
+            .join(format!("nats-server_{}.ports", self.child.id()));
+        let ports: Ports = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+        let url = ports.nats.first()?;
+        url.rsplit_once(':')?.1.parse().ok()
     }
 
     async fn wait_accepting(&mut self) -> Result<(), NatsError> {
@@ -784,7 +807,10 @@ impl NatsServer {
                     "exited with {status}: {log}"
                 )));
             }
-            if TcpStream::connect(self.url()).await.is_ok() {
+            if self.port == 0 {
+                self.port = self.reported_port().unwrap_or(0);
+            }
+            if self.port != 0 && TcpStream::connect(self.url()).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -808,14 +834,6 @@ impl Drop for NatsServer {
 
 fn log_path(store: &Path) -> std::path::PathBuf {
     store.join("nats-server.log")
-}
-
-/// A port free right now: bound and released. Another process may take it before the server
-/// binds; a test then fails loudly at start, never silently.
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 #[cfg(test)]
