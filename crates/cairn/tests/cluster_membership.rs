@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_proto::etcdserverpb::{MoveLeaderRequest, PutRequest, StatusResponse};
+use cairn_proto::etcdserverpb::{MoveLeaderRequest, PutRequest};
 use common::cluster::CairnCluster;
 use common::workload::Workload;
 
@@ -25,9 +25,7 @@ async fn learner_joins_is_promoted_and_an_old_member_leaves_under_load() {
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     let (learner, learner_id) = cluster.add_member(follower, true).await;
-    let mut client = etcd_client::Client::connect([cluster.members[follower].endpoint()], None)
-        .await
-        .expect("connect");
+    let mut client = cluster.etcd_client(follower).await;
     let listed = client.member_list().await.expect("MemberList");
     let entry = listed
         .members()
@@ -74,16 +72,8 @@ async fn learner_joins_is_promoted_and_an_old_member_leaves_under_load() {
     tracing::info!("MemberRemove the leader: it commits its own removal and stops itself");
     let leaving = cluster.leader(Duration::from_secs(10)).await;
     let staying = (leaving + 1) % 3;
-    let mut client = etcd_client::Client::connect([cluster.members[staying].endpoint()], None)
-        .await
-        .expect("connect");
-    let leaving_id = cluster
-        .status(leaving)
-        .await
-        .expect("status")
-        .header
-        .expect("header")
-        .member_id;
+    let mut client = cluster.etcd_client(staying).await;
+    let leaving_id = cluster.member_id(leaving).await;
     remove_member(&mut client, leaving_id).await;
     let listed = client.member_list().await.expect("MemberList");
     assert!(
@@ -140,17 +130,9 @@ async fn a_member_removed_while_cut_off_stops_once_it_hears_from_its_peers() {
     let mut cluster = CairnCluster::start(3).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let leaving = (leader + 1) % 3;
-    let leaving_id = cluster
-        .status(leaving)
-        .await
-        .expect("status")
-        .header
-        .expect("header")
-        .member_id;
+    let leaving_id = cluster.member_id(leaving).await;
     cluster.cut_off(leaving);
-    let mut client = etcd_client::Client::connect([cluster.members[leader].endpoint()], None)
-        .await
-        .expect("connect");
+    let mut client = cluster.etcd_client(leader).await;
     client
         .member_remove(leaving_id)
         .await
@@ -187,13 +169,7 @@ async fn move_leader_hands_leadership_to_the_named_member() {
     let cluster = CairnCluster::start(3).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let target = (leader + 1) % 3;
-    let id_of = |status: Option<StatusResponse>| {
-        status
-            .and_then(|status| status.header)
-            .expect("status header")
-            .member_id
-    };
-    let target_id = id_of(cluster.status(target).await);
+    let target_id = cluster.member_id(target).await;
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
     let all = endpoints.join(",");
 

@@ -312,6 +312,22 @@ impl CairnCluster {
         Some(status.into_inner())
     }
 
+    /// The member id of running member `index`, as its Status reports it.
+    pub async fn member_id(&self, index: usize) -> u64 {
+        self.status(index)
+            .await
+            .and_then(|status| status.header)
+            .expect("status header")
+            .member_id
+    }
+
+    /// An `etcd-client` connected to member `index` alone.
+    pub async fn etcd_client(&self, index: usize) -> etcd_client::Client {
+        etcd_client::Client::connect([self.members[index].endpoint()], None)
+            .await
+            .expect("connect")
+    }
+
     /// Index of the member every running member agrees leads, waiting up to `timeout`.
     pub async fn leader(&self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
