@@ -482,9 +482,14 @@ impl WeakSession {
     /// Sends every unapplied write again, in session order, to every replica.
     fn resend_unapplied(&self) {
         for command in self.unapplied.values() {
-            for link in self.links.values() {
-                let _ = link.send(LinkMessage::Propose(command.clone()));
-            }
+            self.propose_everywhere(command);
+        }
+    }
+
+    /// Sends `command` to every replica (each link keeps it behind what it already carries).
+    fn propose_everywhere(&self, command: &Command) {
+        for link in self.links.values() {
+            let _ = link.send(LinkMessage::Propose(command.clone()));
         }
     }
 
@@ -503,9 +508,7 @@ impl WeakSession {
             },
             consistency: Consistency::Weak,
         };
-        for link in self.links.values() {
-            let _ = link.send(LinkMessage::Propose(command.clone()));
-        }
+        self.propose_everywhere(&command);
         self.unapplied.insert(seq, command.clone());
         let deadline = Instant::now() + OP_TIMEOUT;
         let mut completed = false;
