@@ -9,6 +9,12 @@
 //! own revision and result (the state machine applies them in order, the wait registry
 //! delivers each result).
 //!
+//! Gathering: once a batch is applied, the next one waits (at most `PROPOSAL_LINGER_MAX`)
+//! until as many proposals are queued as the last batch held. The clients that batch just
+//! answered are the likeliest to propose next, a moment later; a batch cut at once would leave
+//! them for the batch after, and a steady group of clients would split into two half-size
+//! batches, each paying a whole commit round (see `limits.rs` for the figures).
+//!
 //! Order: entries reach raft in the order proposals were queued (the driver hands each entry
 //! to raft before it takes the next batch), so a native CURP-HO client's commands, queued in
 //! arrival order on its connection, are ordered the same way in the log (the causal barrier).
@@ -29,7 +35,9 @@ use openraft::error::ClientWriteError;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::error::ConsensusError;
-use crate::limits::{PROPOSAL_BATCHES_IN_FLIGHT_MAX, PROPOSAL_BATCH_BYTES_MAX};
+use crate::limits::{
+    PROPOSAL_BATCHES_IN_FLIGHT_MAX, PROPOSAL_BATCH_BYTES_MAX, PROPOSAL_LINGER_MAX,
+};
 use crate::types::{Proposal, Raft};
 
 /// How a submitted batch ended, for each proposal in it.
@@ -120,6 +128,7 @@ impl Drop for ProposalBatcher {
 
 async fn drive(raft: Raft, shared: Arc<Shared>) {
     let in_flight = Arc::new(Semaphore::new(PROPOSAL_BATCHES_IN_FLIGHT_MAX));
+    let mut last_batch = 0;
     loop {
         let kicked = shared.kick.notified();
         if shared.closed.load(Ordering::Acquire) {
@@ -133,7 +142,9 @@ async fn drive(raft: Raft, shared: Arc<Shared>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        gather(&shared, last_batch).await;
         let (entry, waiters, generic) = take_batch(&shared);
+        last_batch = waiters.len();
         if waiters.is_empty() {
             continue;
         }
@@ -157,6 +168,20 @@ async fn drive(raft: Raft, shared: Arc<Shared>) {
             }
             drop(permit);
         });
+    }
+}
+
+/// Waits until `expected` proposals are queued, for at most `PROPOSAL_LINGER_MAX`.
+async fn gather(shared: &Shared, expected: usize) {
+    let deadline = tokio::time::Instant::now() + PROPOSAL_LINGER_MAX;
+    loop {
+        let kicked = shared.kick.notified();
+        if shared.closed.load(Ordering::Acquire) || lock(&shared.queue).len() >= expected {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, kicked).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -94,3 +94,67 @@ async fn stopped_members_leave_no_task_behind() {
         "tasks still alive a minute after every member stopped"
     );
 }
+
+/// A steady group of clients, each proposing again once its answer reached it, shares one raft
+/// entry per round: the leader's batcher waits for the clients the last batch answered before
+/// it cuts the next. (Cut at once, each batch took whoever was back first: the 200 proposals
+/// below took 155 entries, most of them a commit round of their own.)
+#[tokio::test(start_paused = true)]
+async fn a_steady_group_of_clients_shares_one_entry_per_round() {
+    const CLIENTS: usize = 20;
+    const ROUNDS: usize = 10;
+    let cluster = SimCluster::start(3, 3, no_faults()).await;
+    cluster
+        .wait_converged(Duration::from_secs(10))
+        .await
+        .expect("a leader is elected");
+    let leader = cluster
+        .up()
+        .into_iter()
+        .map(|(_, replica)| replica)
+        .find(|replica| replica.is_leader())
+        .expect("a leader");
+    let last_log_index = |replica: &cairn_consensus::Replica| {
+        replica
+            .metrics()
+            .borrow()
+            .last_log_index
+            .expect("a non-empty log")
+    };
+    let before = last_log_index(&leader);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let key = format!("c{client}");
+                    leader
+                        .propose(put(&key, &round.to_string()), None, 0, 1 << 20)
+                        .await
+                        .unwrap_or_else(|error| panic!("client {client} round {round}: {error}"));
+                    // Each client's answer and next request take their own time on the wire
+                    // (less than the timer's millisecond: passes of the scheduler).
+                    for _ in 0..client * 3 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("client task");
+    }
+    let entries = last_log_index(&leader) - before;
+    // The first round may be cut before every client has proposed, once.
+    assert!(
+        entries <= ROUNDS as u64 + 1,
+        "{CLIENTS} clients × {ROUNDS} rounds took {entries} entries"
+    );
+    let revision = *leader.revisions().borrow();
+    assert_eq!(
+        revision,
+        1 + (CLIENTS * ROUNDS) as i64,
+        "every proposal applied once"
+    );
+    cluster.stop().await;
+}
