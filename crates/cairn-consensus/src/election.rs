@@ -12,9 +12,9 @@
 //! lease (openraft's `election_timeout_max`: until then voters refuse every candidate) plus
 //! `[T/4, T/2)`, openraft's own range for its timer, at a finer grain. The leader's word is each append or snapshot it sends ([`LeaderContact`],
 //! fed by the peer handler); a vote change restarts the clock too. Once no leader is known
-//! (the campaign changed the vote), openraft's timer takes over: campaigning early there as
-//! well doubled the elections of a member cut off from the others (measured in the
-//! simulation) for nothing.
+//! (the campaign changed the vote), openraft's timer takes over, unless the vote split (below):
+//! campaigning early there as well doubled the elections of a member cut off from the others
+//! (measured in the simulation) for nothing.
 //!
 //! Only a member that can win campaigns early: one that, at the leader's last append, held
 //! every entry the leader called committed, and has not since seen a candidate with a longer
@@ -23,6 +23,15 @@
 //! if the member behind kept raising its term, the member that could win would campaign at a
 //! term already taken and be refused in turn, round after round. openraft's own timer backs
 //! off in that case (`smaller_log_timeout`); this task stays silent.
+//!
+//! Split votes. With no leader, openraft's timer alone can split the vote forever: each
+//! member's timeout is drawn once per process and checked on a tick, so candidates whose
+//! draws fall in the same tick campaign together at every term (the simulation stalled that
+//! way: four members with equal logs, 640 terms in 60 s, every one a four-way split). So a
+//! member that refused a rival candidate of its own term or newer, whose log was no longer
+//! than its own, campaigns again on this task's schedule, a fresh draw each time, ahead of
+//! openraft's timer; the first to wake wins. A member cut off from the others sees no rival
+//! and leaves its campaigns to openraft's timer, as before.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,14 +42,32 @@ use tracing::debug;
 
 use crate::types::{MemberId, Raft};
 
-/// The last time the leader reached this member or the vote changed, and whether this member
-/// may win an election (see the module doc).
+/// What this member heard from leaders and candidates (see the module doc).
 #[derive(Debug)]
-pub(crate) struct LeaderContact(Mutex<(Instant, bool)>);
+pub(crate) struct LeaderContact(Mutex<Contact>);
+
+#[derive(Debug)]
+struct Contact {
+    /// The last time the leader reached this member or the vote changed.
+    last: Instant,
+    /// This member held every entry the leader called committed at its last append.
+    up_to_date: bool,
+    /// A candidate with a longer log asked for this member's vote since the leader's last
+    /// append.
+    longer_log_seen: bool,
+    /// The highest term of a rival candidate this member refused, whose log was no longer
+    /// than its own (0: none).
+    rival_term: u64,
+}
 
 impl Default for LeaderContact {
     fn default() -> Self {
-        LeaderContact(Mutex::new((Instant::now(), false)))
+        LeaderContact(Mutex::new(Contact {
+            last: Instant::now(),
+            up_to_date: false,
+            longer_log_seen: false,
+            rival_term: 0,
+        }))
     }
 }
 
@@ -48,29 +75,47 @@ impl LeaderContact {
     /// An append or snapshot from the leader; `up_to_date`: this member now holds every
     /// entry the leader calls committed.
     pub(crate) fn heard_from_leader(&self, up_to_date: bool) {
-        *self.lock() = (Instant::now(), up_to_date);
+        let mut contact = self.lock();
+        contact.last = Instant::now();
+        contact.up_to_date = up_to_date;
+        contact.longer_log_seen = false;
     }
 
     /// A candidate with a longer log than this member's asked for its vote.
     pub(crate) fn saw_longer_log(&self) {
-        self.lock().1 = false;
+        let mut contact = self.lock();
+        contact.up_to_date = false;
+        contact.longer_log_seen = true;
+    }
+
+    /// This member refused its vote to a candidate of `term` whose log is no longer than its
+    /// own.
+    pub(crate) fn saw_rival(&self, term: u64) {
+        let mut contact = self.lock();
+        contact.rival_term = contact.rival_term.max(term);
     }
 
     /// A message that may come from the leader arrived, or the vote changed: the silence
     /// starts again.
     pub(crate) fn heard(&self) {
-        self.lock().0 = Instant::now();
+        self.lock().last = Instant::now();
     }
 
     fn last(&self) -> Instant {
-        self.lock().0
+        self.lock().last
     }
 
     fn up_to_date(&self) -> bool {
-        self.lock().1
+        self.lock().up_to_date
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Instant, bool)> {
+    /// With no leader at `term`: a rival as long-logged as this member split the vote.
+    fn split_vote(&self, term: u64) -> bool {
+        let contact = self.lock();
+        contact.rival_term >= term && !contact.longer_log_seen
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Contact> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -87,9 +132,24 @@ impl Schedule {
     /// `[T/4, T/2)`. A shorter wait campaigned on every brief silence (a lost heartbeat or
     /// two, a short partition), which the simulation counted as 40% more elections.
     fn draw(&self) -> Duration {
+        self.lease + self.draw_after_split()
+    }
+
+    /// How long after a vote change with no leader known before campaigning again, if the
+    /// vote split: a fresh draw in `[T/4, T/2)`, ahead of openraft's own timer (at least
+    /// `T/2` after the vote change, no lease: voters with no leader grant votes at once).
+    fn draw_after_split(&self) -> Duration {
         let low = self.election_timeout / 4;
         let high = (self.election_timeout / 2).max(low + Duration::from_millis(1));
-        self.lease + rand::thread_rng().gen_range(low..high)
+        rand::thread_rng().gen_range(low..high)
+    }
+
+    fn draw_for(&self, vote: &openraft::Vote<MemberId>) -> Duration {
+        if vote.is_committed() {
+            self.draw()
+        } else {
+            self.draw_after_split()
+        }
     }
 }
 
@@ -103,7 +163,7 @@ pub(crate) async fn campaign_when_silent(
     // Server metrics change only with the vote, the leader or the membership, not with
     // every append and apply.
     let mut metrics = raft.server_metrics();
-    let mut seen_vote = None;
+    let mut seen_vote: Option<openraft::Vote<MemberId>> = None;
     let mut wait = schedule.draw();
     loop {
         let may_campaign = {
@@ -111,10 +171,9 @@ pub(crate) async fn campaign_when_silent(
             if seen_vote.as_ref() != Some(&metrics.vote) {
                 seen_vote = Some(metrics.vote);
                 contact.heard();
-                wait = schedule.draw();
+                wait = schedule.draw_for(&metrics.vote);
             }
-            metrics.vote.is_committed()
-                && metrics.current_leader != Some(id)
+            metrics.current_leader != Some(id)
                 && metrics
                     .membership_config
                     .membership()
@@ -136,8 +195,18 @@ pub(crate) async fn campaign_when_silent(
                 if contact.last() + wait > Instant::now() {
                     continue;
                 }
-                if contact.up_to_date() {
-                    debug!(silent_ms = wait.as_millis() as u64, "campaigning: the leader fell silent");
+                let vote = seen_vote.expect("the vote was read before the wait");
+                let campaign = if vote.is_committed() {
+                    contact.up_to_date()
+                } else {
+                    contact.split_vote(vote.leader_id.term)
+                };
+                if campaign {
+                    debug!(
+                        silent_ms = wait.as_millis() as u64,
+                        leader_known = vote.is_committed(),
+                        "campaigning: the leader fell silent, or the last vote split"
+                    );
                     if raft.trigger().elect().await.is_err() {
                         return;
                     }
@@ -145,7 +214,7 @@ pub(crate) async fn campaign_when_silent(
                 // The next look is one more silent period away: after an attempt openraft
                 // did not act on, or while this member is behind.
                 contact.heard();
-                wait = schedule.draw();
+                wait = schedule.draw_for(&vote);
             }
         }
     }
@@ -184,6 +253,27 @@ mod tests {
             election_timeout: Duration::from_millis(2),
         };
         assert!(schedule.draw() < Duration::from_millis(2));
+    }
+
+    #[test]
+    fn a_split_vote_needs_a_rival_no_longer_than_this_member_at_its_term() {
+        let contact = LeaderContact::default();
+        assert!(!contact.split_vote(3), "no rival yet");
+        contact.saw_rival(2);
+        assert!(!contact.split_vote(3), "a rival of an older term");
+        contact.saw_rival(3);
+        assert!(contact.split_vote(3));
+        contact.saw_longer_log();
+        assert!(
+            !contact.split_vote(3),
+            "a longer log can win: leave it the field"
+        );
+        contact.heard_from_leader(true);
+        assert!(
+            contact.split_vote(3),
+            "a leader's append forgets the longer log"
+        );
+        assert!(!contact.split_vote(4), "a newer term needs a new rival");
     }
 
     #[test]

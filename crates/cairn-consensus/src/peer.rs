@@ -75,10 +75,13 @@ impl PeerHandler {
                 };
                 self.refuse_removed(&request.vote)?;
                 let candidate_log = request.last_log_id;
+                let candidate_term = request.vote.leader_id.term;
                 let response = self.raft.vote(request).await.map_err(failed)?;
                 // The answer carries this member's own last log id.
                 if candidate_log > response.last_log_id {
                     self.contact.saw_longer_log();
+                } else if !response.vote_granted {
+                    self.contact.saw_rival(candidate_term);
                 }
                 Ok(PeerResponse::Vote(raftpb::VoteResponse {
                     vote: Some(wire::vote_to_pb(&response.vote)),

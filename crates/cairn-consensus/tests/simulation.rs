@@ -35,20 +35,16 @@
 //!   same key-value history (`HashKV` equal at the same revision) (Raft §5.4.3);
 //! - liveness: once healed, the cluster takes a write through every member within a budget.
 //!
-//! Liveness stalls: rarely (about one seed in several thousand before leases and membership
-//! changes were added; none in 4,600 seeds since) a healed cluster stays leaderless for the
-//! whole budget. The cause is not found. What is known: openraft 0.9 draws every election
-//! timeout from `AsyncRuntime::thread_rng()` (`Config::new_rand_election_timeout`; the tokio
-//! runtime answers `rand::thread_rng()`), so elections are not part of the seed and a stalled
-//! seed does not replay; a voter refuses every vote for `leader_lease` (= our
-//! `election_timeout_max`) after its vote was last updated (`Engine::handle_vote_req`), and a
-//! follower campaigns only `leader_lease + election_timeout` after that (plus
-//! `smaller_log_timeout` once it saw a longer log), which makes each round of split votes
-//! long. The seam that would make a stall replay: a runtime in our `TypeConfig` whose
-//! `thread_rng` is a seeded thread-local (the simulation runs on one thread). The replica's
-//! own first campaign after a leader falls silent (`election.rs`, off openraft's tick, a fresh
-//! draw each time) breaks the first round of such collisions, not the later ones; it also draws
-//! from `thread_rng`.
+//! Liveness stalls, and their cause: a healed cluster could stay leaderless for the whole
+//! budget (1 to 5 seeds in 2,000, by 2026-11-24). Logs of a stalled seed showed every member
+//! with the longest log campaigning at the same virtual instant, term after term (four of six
+//! voters, 640 terms, every one a four-way split): with no leader, openraft 0.9 re-elects
+//! after the member's election timeout, drawn once per process and checked on its tick, so
+//! candidates whose draws fell in the same tick collided forever. `election.rs` now campaigns
+//! again after a split vote on its own schedule, a fresh draw each time, ahead of openraft's
+//! timer: no stall in 12,000 seeds since. openraft draws its timeouts from
+//! `AsyncRuntime::thread_rng()`, not from the seed, so a stalled seed does not replay exactly
+//! (the stalled seed above stalled in about a third of its runs).
 
 mod common;
 
@@ -759,10 +755,9 @@ async fn random_faults_keep_histories_linearizable_and_members_identical() {
         stalls.len()
     );
     assert!(failures.is_empty(), "safety violated, seeds: {failures:?}");
-    // A healed cluster that stays leaderless for the whole budget happens about once in
-    // several thousand seeds (openraft's election timers are not seeded, so such a run does
-    // not replay; see the issue note). More than that is a liveness regression.
-    let stalls_max = seeds.len() / 500;
+    // None in 12,000 seeds since split votes are broken (see the module doc); one in 2,000
+    // is tolerated because openraft's election timers are not seeded, more is a regression.
+    let stalls_max = seeds.len() / 2000;
     assert!(
         stalls.len() <= stalls_max,
         "liveness: {} seeds stalled (at most {stalls_max} allowed): {stalls:?}",
