@@ -49,9 +49,9 @@ pub const PROPOSAL_BATCHES_IN_FLIGHT_MAX: usize = 1;
 /// (`batcher::gather`). 3-member cluster on loopback, 100 clients putting through the leader:
 /// cut at once, batches held ~50 proposals (half the clients, the other half came back just
 /// after each cut) and the leader did 24k puts/s; gathering, ~100 and 31-33k puts/s, p99
-/// 12 -> 9 ms. The answered clients were all back 1.4-1.6 ms after the answers went out, so
-/// the wait rarely runs out at 1 ms (9 cuts in 200); a lone client never waits (its batch of
-/// one is already there).
+/// 12 -> 9 ms. The answered clients were all back 1.4-1.6 ms after the answers went out; the
+/// wait starts when the first of them is back and ran out at 1 ms in 9 cuts of 200. A lone
+/// client never waits (its batch of one is already there).
 pub const PROPOSAL_LINGER_MAX: Duration = Duration::from_millis(1);
 
 /// A CURP-HO client session idle this long (by the leader's clock in the log) is forgotten at
