@@ -151,14 +151,12 @@ async fn a_member_removed_while_cut_off_stops_once_it_hears_from_its_peers() {
     );
     let listed = client.member_list().await.expect("MemberList");
     assert_eq!(listed.members().len(), 2, "the removal stands");
-    let mut kv = common::cluster_kv(&cluster.members[leader].endpoint()).await;
-    kv.put(PutRequest {
-        key: b"after-removal".to_vec(),
-        value: b"v".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .expect("the remaining members serve writes");
+    put_through(
+        &cluster.members[leader].endpoint(),
+        b"after-removal",
+        "the remaining members serve writes",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,12 +206,22 @@ async fn move_leader_hands_leadership_to_the_named_member() {
         reported.leader, target_id,
         "the old leader follows the new one"
     );
-    let mut kv = common::cluster_kv(&endpoints[leader]).await;
+    put_through(
+        &endpoints[leader],
+        b"after-move",
+        "writes go on, through the old leader too",
+    )
+    .await;
+}
+
+/// One put of `key` through the member at `endpoint`; panics with `expectation` if it fails.
+async fn put_through(endpoint: &str, key: &[u8], expectation: &str) {
+    let mut kv = common::cluster_kv(endpoint).await;
     kv.put(PutRequest {
-        key: b"after-move".to_vec(),
+        key: key.to_vec(),
         value: b"v".to_vec(),
         ..Default::default()
     })
     .await
-    .expect("writes go on, through the old leader too");
+    .expect(expectation);
 }
