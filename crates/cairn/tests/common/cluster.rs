@@ -323,9 +323,7 @@ impl CairnCluster {
 
     /// An `etcd-client` connected to member `index` alone.
     pub async fn etcd_client(&self, index: usize) -> etcd_client::Client {
-        etcd_client::Client::connect([self.members[index].endpoint()], None)
-            .await
-            .expect("connect")
+        self.members[index].client_or_panic().await
     }
 
     /// Index of the member every running member agrees leads, waiting up to `timeout`.
