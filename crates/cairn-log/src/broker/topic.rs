@@ -55,6 +55,7 @@ impl TopicRuntime {
         if !existed && config.ack == crate::topic::AckLevel::Durable {
             durable::restore(&shm, &durable::topic_dir(data_dir, &config.name))?;
         }
+        shm.claim_broker_block(broker);
         let tail = shm.frontier(broker, frontier::PAYLOAD_TAIL);
         let topic = Arc::new(TopicRuntime {
             payload: Mutex::new(PayloadLog::new(shm.layout().payload_bytes, tail)),
@@ -166,6 +167,7 @@ impl TopicRuntime {
             std::thread::Builder::new()
                 .name(format!("seq-{}", self.config.name))
                 .spawn(move || {
+                    topic.shm.claim_goi_block();
                     if let Err(e) = driver.run(&flag) {
                         tracing::warn!(topic = %topic.config.name, "sequencer stopped: {e}");
                     }

@@ -110,6 +110,13 @@ impl Layout {
         self.broker_meta_bytes() + self.payload_bytes
     }
 
+    /// Every byte `broker` writes: its frontier line, ring and payload log (plus the lines the
+    /// sequencer writes beside them, which share its pages).
+    pub fn broker_block(&self, broker: u32) -> std::ops::Range<u64> {
+        let base = self.broker_base(broker);
+        base..base + self.broker_block_bytes()
+    }
+
     fn broker_base(&self, broker: u32) -> u64 {
         assert!(
             u64::from(broker) < self.brokers_max,
@@ -147,6 +154,11 @@ impl Layout {
     pub fn goi(&self, index: u64, word: u64) -> u64 {
         let slot = index & (self.goi_slots - 1);
         self.goi_base() + slot * GOI_ENTRY_BYTES + word * 8
+    }
+
+    /// The global order index: written by the sequencer only.
+    pub fn goi_block(&self) -> std::ops::Range<u64> {
+        self.goi_base()..self.total_bytes()
     }
 
     fn goi_base(&self) -> u64 {
