@@ -141,6 +141,7 @@ pub async fn run(
         member_id = format!("{:x}", node.identity().member_id),
         urls = ?config.listen_client_urls,
         version = env!("CARGO_PKG_VERSION"),
+        runtime_workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "ready to serve client requests"
     );
     for url in &config.advertise_client_urls {

@@ -29,6 +29,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads of the async runtime (default: one per core). Processes that share a host with
+    /// others (members of a local cluster, a load generator beside them) do better with fewer:
+    /// each spare worker costs wake-ups and context switches the others pay for.
+    #[arg(long, global = true, env = "CAIRN_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -255,10 +260,11 @@ fn main() -> anyhow::Result<()> {
     // request (54k writev for 60k puts). Without it the connection task queues behind the
     // handlers and writes their responses together: 100-client puts 24k -> 33k req/s on
     // this 2-core host, p99 7.5 -> 6.3 ms (etcd with the same load generator: +6%).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .disable_lifo_slot()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads {
+        builder.worker_threads(usize::from(threads));
+    }
+    let runtime = builder.enable_all().disable_lifo_slot().build()?;
     match cli.command {
         Command::Serve(args) => {
             init_logging(&args.log_level);
@@ -345,9 +351,11 @@ fn init_logging(filter: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: `cluster up` and service managers send stderr to files.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -1,0 +1,106 @@
+//! `cairn cluster up`, the README's one command for a local cluster: real member processes
+//! that serve as one cluster, share the host's cores, and all stop on SIGTERM.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the cluster may take to elect a leader and answer through every member.
+const UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A first client port whose members' ports (client, peer, native; +10000 per member) are all
+/// free.
+fn free_base(members: u16) -> u16 {
+    loop {
+        let base = common::free_port();
+        if base > 65_535 - 10_000 * members {
+            continue;
+        }
+        let all_free = (0..members)
+            .flat_map(|i| [0, 1, 11].map(|offset| base + i * 10_000 + offset))
+            .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+}
+
+/// The runtime workers member `name` reported in its log's "ready" line.
+fn reported_workers(data_dir: &Path, name: &str) -> Option<usize> {
+    let log = std::fs::read_to_string(data_dir.join(format!("{name}.log"))).ok()?;
+    let ready = log
+        .lines()
+        .find(|line| line.contains("ready to serve client requests"))?;
+    let value = ready.split("runtime_workers=").nth(1)?;
+    value.split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn cluster_up_serves_one_cluster_and_stops_every_member_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base(3);
+    let mut up = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["cluster", "up", "--members", "3", "--log-level", "info"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--client-port", &base.to_string()])
+        .env_remove("CAIRN_WORKER_THREADS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoints: Vec<String> = (0..3)
+        .map(|i| format!("http://127.0.0.1:{}", base + i * 10_000))
+        .collect();
+
+    // A write through the first member is read back, linearizably, through the last.
+    let deadline = Instant::now() + UP_TIMEOUT;
+    let value = loop {
+        assert!(up.try_wait().unwrap().is_none(), "cluster up exited early");
+        assert!(Instant::now() < deadline, "no answer through every member");
+        let attempt = async {
+            let mut first = etcd_client::Client::connect([&endpoints[0]], None).await?;
+            first.put("up", "yes", None).await?;
+            let mut last = etcd_client::Client::connect([&endpoints[2]], None).await?;
+            last.get("up", None).await
+        };
+        match attempt.await {
+            Ok(got) if !got.kvs().is_empty() => break got.kvs()[0].value().to_vec(),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(value, b"yes");
+
+    // The members share the host: each runs cores / members runtime workers, at least one.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for name in ["m1", "m2", "m3"] {
+        assert_eq!(
+            reported_workers(dir.path(), name),
+            Some((cores / 3).max(1)),
+            "{name}'s runtime workers"
+        );
+    }
+
+    // SIGTERM (what Ctrl-C's handler also gets) stops every member, then cluster up itself.
+    let pid = i32::try_from(up.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + UP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "cluster up did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "cluster up exited with {status}");
+    for endpoint in &endpoints {
+        let port = endpoint.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "{endpoint} still listening after cluster up stopped"
+        );
+    }
+}
