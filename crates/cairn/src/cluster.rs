@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
+use crate::WORKER_THREADS_VAR;
+
 /// Members a local cluster may have (ports must stay below 65536).
 const MEMBERS_MAX: u32 = 5;
 
@@ -41,9 +43,6 @@ pub struct ClusterUpArgs {
     #[arg(last = true)]
     serve_args: Vec<String>,
 }
-
-/// The variable `cairn --worker-threads` reads.
-const WORKER_THREADS_VAR: &str = "CAIRN_WORKER_THREADS";
 
 /// Runtime workers for each of `members` processes on this host; `None` when the user chose
 /// already (the members inherit the variable).

@@ -32,9 +32,13 @@ struct Cli {
     /// Threads of the async runtime (default: one per core). Processes that share a host with
     /// others (members of a local cluster, a load generator beside them) do better with fewer:
     /// each spare worker costs wake-ups and context switches the others pay for.
-    #[arg(long, global = true, env = "CAIRN_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, global = true, env = WORKER_THREADS_VAR, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
 }
+
+/// The environment variable `--worker-threads` falls back to (`cluster up` sets it for its
+/// members).
+const WORKER_THREADS_VAR: &str = "CAIRN_WORKER_THREADS";
 
 #[derive(Subcommand, Debug)]
 enum Command {
