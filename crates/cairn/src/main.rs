@@ -269,6 +269,8 @@ fn main() -> anyhow::Result<()> {
         builder.worker_threads(usize::from(threads));
     }
     let runtime = builder.enable_all().disable_lifo_slot().build()?;
+    // Signal handlers (`shutdown_signal`) are installed outside `block_on`.
+    let _runtime_context = runtime.enter();
     match cli.command {
         Command::Serve(args) => {
             init_logging(&args.log_level);
@@ -363,12 +365,18 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: a signal that arrives while a command is still
+/// starting (`cluster up` waiting for its members) is kept for it, where the default action
+/// would have killed the process and left its members running. Call it inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
     }
 }

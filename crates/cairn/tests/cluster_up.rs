@@ -5,7 +5,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long the cluster may take to elect a leader and answer through every member.
@@ -38,11 +38,38 @@ fn reported_workers(data_dir: &Path, name: &str) -> Option<usize> {
     value.split_whitespace().next()?.parse().ok()
 }
 
+/// A running `cairn cluster up`. If the test fails before stopping it, dropping it sends the
+/// SIGTERM that stops its members too (a SIGKILL would leave them running), then kills it.
+struct Up(Child);
+
+impl Up {
+    fn terminate(&self) {
+        let pid = i32::try_from(self.0.id()).unwrap();
+        // Safety: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        self.terminate();
+        let deadline = Instant::now() + UP_TIMEOUT;
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn cluster_up_serves_one_cluster_and_stops_every_member_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base(3);
-    let mut up = Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let mut up = Up(Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["cluster", "up", "--members", "3", "--log-level", "info"])
         .arg("--data-dir")
         .arg(dir.path())
@@ -51,7 +78,7 @@ async fn cluster_up_serves_one_cluster_and_stops_every_member_on_sigterm() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap());
     let endpoints: Vec<String> = (0..3)
         .map(|i| format!("http://127.0.0.1:{}", base + i * 10_000))
         .collect();
@@ -60,7 +87,10 @@ async fn cluster_up_serves_one_cluster_and_stops_every_member_on_sigterm() {
     // others.
     let deadline = Instant::now() + UP_TIMEOUT;
     let values = loop {
-        assert!(up.try_wait().unwrap().is_none(), "cluster up exited early");
+        assert!(
+            up.0.try_wait().unwrap().is_none(),
+            "cluster up exited early"
+        );
         assert!(Instant::now() < deadline, "no answer through every member");
         let attempt = async {
             let mut first = etcd_client::Client::connect([&endpoints[0]], None).await?;
@@ -97,11 +127,10 @@ async fn cluster_up_serves_one_cluster_and_stops_every_member_on_sigterm() {
     }
 
     // SIGTERM (what Ctrl-C's handler also gets) stops every member, then cluster up itself.
-    let pid = i32::try_from(up.id()).unwrap();
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    up.terminate();
     let deadline = Instant::now() + UP_TIMEOUT;
     let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
+        if let Some(status) = up.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "cluster up did not stop");
