@@ -39,29 +39,14 @@ fn reported_workers(data_dir: &Path, name: &str) -> Option<usize> {
 }
 
 /// A running `cairn cluster up`. If the test fails before stopping it, dropping it sends the
-/// SIGTERM that stops its members too (a SIGKILL would leave them running), then kills it.
+/// SIGTERM that stops its members too (a SIGKILL would leave them running).
 struct Up(Child);
-
-impl Up {
-    fn terminate(&self) {
-        let pid = i32::try_from(self.0.id()).unwrap();
-        // Safety: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    }
-}
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if !matches!(self.0.try_wait(), Ok(None)) {
-            return;
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = common::terminate_child(&mut self.0, UP_TIMEOUT);
         }
-        self.terminate();
-        let deadline = Instant::now() + UP_TIMEOUT;
-        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -127,15 +112,7 @@ async fn cluster_up_serves_one_cluster_and_stops_every_member_on_sigterm() {
     }
 
     // SIGTERM (what Ctrl-C's handler also gets) stops every member, then cluster up itself.
-    up.terminate();
-    let deadline = Instant::now() + UP_TIMEOUT;
-    let status = loop {
-        if let Some(status) = up.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "cluster up did not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = common::terminate_child(&mut up.0, UP_TIMEOUT).expect("cluster up did not stop");
     assert!(status.success(), "cluster up exited with {status}");
     for endpoint in &endpoints {
         let port = endpoint.rsplit(':').next().unwrap().parse::<u16>().unwrap();

@@ -155,19 +155,7 @@ impl Cairn {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        signal(&child, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate_child(&mut child, Duration::from_secs(15)).is_some_and(|s| s.success())
     }
 
     /// Starts again on the same port and data dir.
@@ -302,6 +290,24 @@ async fn wait_ready(endpoint: &str, child: &mut Child) {
             "{endpoint}: not ready after {READY_TIMEOUT:?}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// SIGTERM to `child`, then its exit status once it exits within `timeout`; `None` if it did
+/// not (it is then killed).
+pub fn terminate_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    signal(child, "TERM");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
