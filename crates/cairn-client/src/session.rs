@@ -48,9 +48,10 @@ struct State {
     strong: Mutex<HashMap<CommandId, StrongInFlight>>,
     weak: Mutex<HashMap<CommandId, Answer<()>>>,
     bound: Mutex<HashMap<u64, Answer<BoundAnswer>>>,
-    /// Bumped when a replica announces it serves as a new leader: everything in flight is
-    /// resent at once rather than on the retry timer.
-    new_leader: tokio::sync::watch::Sender<u64>,
+    /// Bumped when a replica announces it serves as a new leader, or when the leader refused
+    /// a command for a causal gap: everything in flight is resent at once (unapplied weak
+    /// writes first) rather than on the retry timer.
+    resend_now: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,11 +68,14 @@ fn refused(error: &curppb::Error) -> ClientError {
     }
 }
 
-/// Codes that mean "try again": the retry timer does.
+/// Codes that mean "try again": the retry timer does (a causal gap at once).
 fn retryable(code: i32) -> bool {
     matches!(
         curppb::Code::try_from(code),
-        Ok(curppb::Code::NotReady | curppb::Code::Busy | curppb::Code::Unavailable)
+        Ok(curppb::Code::NotReady
+            | curppb::Code::Busy
+            | curppb::Code::Unavailable
+            | curppb::Code::CausalGap)
     )
 }
 
@@ -146,7 +150,7 @@ impl Dispatch for State {
                     term = serving.term,
                     "a new leader serves; resending what is in flight"
                 );
-                self.new_leader.send_modify(|generation| *generation += 1);
+                self.resend_now.send_modify(|generation| *generation += 1);
             }
         }
     }
@@ -171,6 +175,11 @@ impl State {
 
     /// A refusal ends the operation unless it says "retry".
     fn fail(&self, error: &curppb::Error) {
+        if error.code == curppb::Code::CausalGap as i32 {
+            // The leader lacks an earlier weak write of this session (lost with a connection
+            // or a pool): resend them all, in order, ahead of what is in flight.
+            self.resend_now.send_modify(|generation| *generation += 1);
+        }
         if retryable(error.code) {
             return;
         }
@@ -201,7 +210,7 @@ pub struct Session {
     send_order: tokio::sync::Mutex<()>,
     next_seq: AtomicU64,
     next_request: AtomicU64,
-    /// Seq of the latest weak write (the next strong op's `causal_dep`).
+    /// Seq of the latest weak write: the next command's `causal_dep`.
     last_weak: AtomicU64,
     /// Seq of the latest write, strong or weak (what `flush` waits for).
     last_write: AtomicU64,
@@ -230,7 +239,7 @@ impl Session {
             strong: Mutex::new(HashMap::new()),
             weak: Mutex::new(HashMap::new()),
             bound: Mutex::new(HashMap::new()),
-            new_leader: tokio::sync::watch::channel(0).0,
+            resend_now: tokio::sync::watch::channel(0).0,
         });
         let links = config
             .endpoints
@@ -297,11 +306,16 @@ impl Session {
         );
         let message = frame(client_message::Message::Propose(curppb::Propose {
             command: Some(command_to_pb(&command)),
-            causal_dep: self.last_weak.load(Ordering::Acquire),
         }));
         self.send_all(&message).await;
         drop(order);
-        let outcome = self.await_retrying(done, || self.send_all(&message)).await;
+        // A retry resends the session's unapplied weak writes first: the leader orders this
+        // command only after its causal dependency.
+        let resend = || async {
+            self.resend_weak_writes().await;
+            self.send_all(&message).await;
+        };
+        let outcome = self.await_retrying(done, resend).await;
         lock(&self.state.strong).remove(&command.id);
         let (result, path) = outcome?;
         Ok(Outcome {
@@ -325,8 +339,9 @@ impl Session {
         let (to_bound, to_others) = self.causal_frames(&command);
         self.send_causal(&to_bound, &to_others).await;
         drop(order);
+        // Retries resend every unapplied weak write, this one included, in seq order.
         let outcome = self
-            .await_retrying(done, || self.send_causal(&to_bound, &to_others))
+            .await_retrying(done, || self.resend_weak_writes())
             .await;
         lock(&self.state.weak).remove(&command.id);
         outcome?;
@@ -359,6 +374,8 @@ impl Session {
         Ok(())
     }
 
+    /// The next command of the session; called under `send_order`, so `last_weak` is the
+    /// latest weak write queued before it.
     fn command(&self, op: Op, consistency: Consistency) -> Command {
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         let command = Command {
@@ -368,6 +385,7 @@ impl Session {
             },
             op,
             consistency,
+            causal_dep: self.last_weak.load(Ordering::Acquire),
         };
         if command.writes() {
             self.last_write.fetch_max(seq, Ordering::AcqRel);
@@ -381,7 +399,6 @@ impl Session {
             frame(client_message::Message::CausalPropose(
                 curppb::CausalPropose {
                     command: Some(command_to_pb(command)),
-                    causal_dep: command.id.seq.saturating_sub(1),
                     reply,
                 },
             ))
@@ -531,7 +548,7 @@ impl Session {
         Fut: Future<Output = ()>,
     {
         let deadline = Instant::now() + self.config.timeout;
-        let mut new_leader = self.state.new_leader.subscribe();
+        let mut resend_now = self.state.resend_now.subscribe();
         loop {
             let retry_at = (Instant::now() + self.config.retry).min(deadline);
             tokio::select! {
@@ -543,7 +560,7 @@ impl Session {
                     resend().await;
                 }
                 // The sender lives in `state`, as long as this session.
-                Ok(()) = new_leader.changed() => resend().await,
+                Ok(()) = resend_now.changed() => resend().await,
             }
         }
     }

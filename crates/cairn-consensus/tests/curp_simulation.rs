@@ -245,6 +245,8 @@ async fn client(
                     value: Bytes::from(value.clone()),
                 },
                 consistency: Consistency::Strong,
+                // Strong clients issue no weak writes.
+                causal_dep: 0,
             };
             let outcome = run_command(&members, command, &rng, drop_per_mille).await;
             let completed = outcome.map(|(_, path)| (Instant::now(), path));
@@ -260,6 +262,7 @@ async fn client(
                 id,
                 op: Op::Get { key: key_name(key) },
                 consistency: Consistency::Strong,
+                causal_dep: 0,
             };
             if let Some((result, _)) = run_command(&members, command, &rng, drop_per_mille).await {
                 let value = result
@@ -507,6 +510,8 @@ impl WeakSession {
                 value: Bytes::from(value.clone()),
             },
             consistency: Consistency::Weak,
+            // Every seq of a weak session is a weak write (its reads take none).
+            causal_dep: seq - 1,
         };
         self.propose_everywhere(&command);
         self.unapplied.insert(seq, command.clone());

@@ -102,6 +102,7 @@ mod tests {
             }),
             op: Some(curppb::Op { op: Some(op) }),
             consistency: curppb::Consistency::Strong as i32,
+            causal_dep: 0,
         }
     }
 

@@ -225,14 +225,40 @@ impl Raw {
 }
 
 fn propose(client_id: u64, seq: u64, op: curppb::op::Op) -> client_message::Message {
+    propose_after(client_id, seq, 0, op)
+}
+
+/// A strong proposal issued after the session's weak write `causal_dep`.
+fn propose_after(
+    client_id: u64,
+    seq: u64,
+    causal_dep: u64,
+    op: curppb::op::Op,
+) -> client_message::Message {
     client_message::Message::Propose(curppb::Propose {
-        command: Some(curppb::Command {
-            id: Some(curppb::CommandId { client_id, seq }),
-            op: Some(curppb::Op { op: Some(op) }),
-            consistency: curppb::Consistency::Strong as i32,
-        }),
-        causal_dep: 0,
+        command: Some(command(
+            client_id,
+            seq,
+            causal_dep,
+            op,
+            curppb::Consistency::Strong,
+        )),
     })
+}
+
+fn command(
+    client_id: u64,
+    seq: u64,
+    causal_dep: u64,
+    op: curppb::op::Op,
+    consistency: curppb::Consistency,
+) -> curppb::Command {
+    curppb::Command {
+        id: Some(curppb::CommandId { client_id, seq }),
+        op: Some(curppb::Op { op: Some(op) }),
+        consistency: consistency as i32,
+        causal_dep,
+    }
 }
 
 fn raw_put(key: &str, value: Vec<u8>) -> curppb::op::Op {
@@ -294,8 +320,8 @@ async fn retries_apply_once_and_bad_input_gets_clear_errors() {
             }),
             op: Some(curppb::Op { op: None }),
             consistency: 0,
+            causal_dep: 0,
         }),
-        causal_dep: 0,
     }))
     .await;
     let message = raw.expect_error(curppb::Code::InvalidArgument).await;
@@ -327,6 +353,75 @@ async fn retries_apply_once_and_bad_input_gets_clear_errors() {
         other => panic!("expected a hello reply, got {other:?}"),
     }
     assert_eq!(etcd_value(&cluster, leader, "big").await, None);
+
+    // The causal barrier: a command whose session's earlier weak write has not reached the
+    // leader is refused, not applied over the gap; once that write arrives, both apply in
+    // order. A dependency that is not before the command is malformed.
+    let session = 0xca5a1;
+    raw.send(propose_after(
+        session,
+        2,
+        1,
+        raw_put("gap-b", b"2".to_vec()),
+    ))
+    .await;
+    let message = raw.expect_error(curppb::Code::CausalGap).await;
+    assert!(message.contains("weak write seq 1"), "{message}");
+    raw.send(client_message::Message::CausalPropose(
+        curppb::CausalPropose {
+            command: Some(command(
+                session,
+                1,
+                0,
+                raw_put("gap-a", b"1".to_vec()),
+                curppb::Consistency::Weak,
+            )),
+            reply: true,
+        },
+    ))
+    .await;
+    match raw.receive().await {
+        server_message::Message::CausalReply(reply) => {
+            assert_eq!(reply.id.map(|id| id.seq), Some(1));
+        }
+        other => panic!("expected the weak write's reply, got {other:?}"),
+    }
+    raw.send(propose_after(
+        session,
+        2,
+        1,
+        raw_put("gap-b", b"2".to_vec()),
+    ))
+    .await;
+    loop {
+        match raw.receive().await {
+            server_message::Message::LeaderReply(reply) => {
+                assert_eq!(reply.id.map(|id| id.seq), Some(2));
+            }
+            server_message::Message::SyncReply(reply) => {
+                assert_eq!(reply.id.map(|id| id.seq), Some(2));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        etcd_value(&cluster, leader, "gap-a").await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        etcd_value(&cluster, leader, "gap-b").await.as_deref(),
+        Some("2")
+    );
+    raw.send(propose_after(
+        session,
+        3,
+        3,
+        raw_put("gap-c", b"3".to_vec()),
+    ))
+    .await;
+    let message = raw.expect_error(curppb::Code::InvalidArgument).await;
+    assert!(message.contains("causal dependency"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,12 @@ pub struct Command {
     pub id: CommandId,
     pub op: Op,
     pub consistency: Consistency,
+    /// Seq of the session's latest weak write issued before this command (0: none). The
+    /// leader orders, recovery re-proposes and apply admits the command only after that
+    /// write: the causal barrier, kept by the replicas rather than trusted to the links
+    /// (a lost copy or a witness's stale term can otherwise leave a gap that a later write
+    /// of the session closes over; see `native::NativeState::admit`).
+    pub causal_dep: u64,
 }
 
 impl Op {
@@ -166,6 +172,7 @@ pub(crate) mod tests {
             id: CommandId { client_id, seq },
             op,
             consistency,
+            causal_dep: 0,
         }
     }
 

@@ -369,8 +369,8 @@ mod tests {
         let mut votes = Vec::new();
         for replica in [2, 3] {
             let mut pool = WitnessPool::new();
-            let y_ok = pool.witness(y.clone(), 1).expect("pooled");
-            let x_ok = pool.witness(x.clone(), 1).expect("pooled");
+            let y_ok = pool.witness(y.clone(), 1, true).expect("pooled");
+            let x_ok = pool.witness(x.clone(), 1, true).expect("pooled");
             assert!(y_ok && !x_ok);
             votes.push(WitnessVote {
                 replica,
@@ -508,7 +508,7 @@ mod tests {
         for (r, commands) in arrivals.iter().enumerate() {
             let mut pool = WitnessPool::new();
             for command in commands {
-                pool.witness((*command).clone(), 1).expect("pooled");
+                pool.witness((*command).clone(), 1, true).expect("pooled");
             }
             pools.insert(r as ReplicaId + 1, pool.entries_for_recovery());
         }
@@ -702,7 +702,7 @@ mod tests {
             let command = arrivals[arrived];
             arrived += 1;
             if !applied.contains(&command.id) {
-                let ok = pool.witness(command.clone(), 1).expect("pooled");
+                let ok = pool.witness(command.clone(), 1, true).expect("pooled");
                 if command.consistency == Consistency::Strong {
                     votes.insert(command.id, ok);
                 }

@@ -90,19 +90,35 @@ impl WitnessPool {
         self.entries.get(id)
     }
 
-    /// Answers a proposal received in `term`: `ok` iff no other pooled command conflicts. The
-    /// command is pooled whatever the answer.
+    /// Answers a proposal received in `term`: `ok` iff no other pooled command conflicts and
+    /// the command's causal dependency is here (`dep_settled`: the replica applied it, or it
+    /// is pooled). The command is pooled whatever the answer.
+    ///
+    /// The dependency rule keeps a fast path recoverable: a strong command accepted by a
+    /// superquorum then had its session's earlier weak write pooled (or applied) at each of
+    /// them, so every majority a new leader collects shows that write too, and recovery can
+    /// re-propose the command behind it instead of leaving it out past a gap.
     ///
     /// A retry of a pooled command is answered by the same rule and re-tagged with the newer
     /// term: left with its old tag, the `RecoveryDone` of the term the client now counts on
     /// would drop an entry backing that term's fast path. A retry answered `ok` marks the entry
     /// accepted; one answered "not ok" leaves the mark: a duplicate arriving after a later
     /// conflicting command must not take away the evidence of a fast path already completed.
-    pub fn witness(&mut self, command: Command, term: Term) -> Result<bool, WitnessError> {
+    pub fn witness(
+        &mut self,
+        command: Command,
+        term: Term,
+        dep_settled: bool,
+    ) -> Result<bool, WitnessError> {
         if command.consistency == Consistency::Weak && !command.writes() {
             return Err(WitnessError::WeakRead(command.id));
         }
-        let ok = !self.conflicts_with_pool(&command);
+        let dep = CommandId {
+            client_id: command.id.client_id,
+            seq: command.causal_dep,
+        };
+        let dep_here = dep_settled || self.entries.contains_key(&dep);
+        let ok = dep_here && !self.conflicts_with_pool(&command);
         if let Some(entry) = self.entries.get_mut(&command.id) {
             if entry.command != command {
                 return Err(WitnessError::IdReused(command.id));
@@ -148,11 +164,18 @@ impl WitnessPool {
 
     /// Applies `RecoveryDone(term)`: drops every entry tagged with a term below `term`, whose
     /// fate the new leader's recovery has settled. Returns how many were dropped.
-    pub fn drop_before_term(&mut self, term: Term) -> usize {
+    ///
+    /// `keep_weak`: the leader of `term` did not collect this pool, so it settled only what
+    /// other pools showed. That is enough for strong commands (a fast path leaves
+    /// recover-quorum copies in every majority), but a weak write may have reached only this
+    /// replica, its bound one, which acknowledged it while lagging behind in an older term:
+    /// it stays until it applies or a recovery that collects this pool re-proposes it.
+    pub fn drop_before_term(&mut self, term: Term, keep_weak: bool) -> usize {
         let stale: Vec<CommandId> = self
             .entries
             .values()
             .filter(|entry| entry.term < term)
+            .filter(|entry| !(keep_weak && entry.command.consistency == Consistency::Weak))
             .map(|e| e.command.id)
             .collect();
         for id in &stale {
@@ -306,7 +329,7 @@ mod tests {
 
     /// Witnesses and checks the pool's invariants after the transition.
     fn witness(pool: &mut WitnessPool, command: Command, term: Term) -> bool {
-        let ok = pool.witness(command, term).expect("witness");
+        let ok = pool.witness(command, term, true).expect("witness");
         pool.validate();
         assert_accepted_commute(pool);
         ok
@@ -389,7 +412,10 @@ mod tests {
             seq: 1,
         };
         let weak_read = cmd(1, 1, get("k"), Consistency::Weak);
-        assert_eq!(pool.witness(weak_read, 1), Err(WitnessError::WeakRead(id)));
+        assert_eq!(
+            pool.witness(weak_read, 1, true),
+            Err(WitnessError::WeakRead(id))
+        );
         assert!(pool.is_empty());
     }
 
@@ -495,7 +521,7 @@ mod tests {
         );
         assert_eq!(pool.len(), 1);
         assert_eq!(
-            pool.witness(strong(1, 1, put("b")), 5),
+            pool.witness(strong(1, 1, put("b")), 5, true),
             Err(WitnessError::IdReused(id))
         );
         // A later conflicting command makes the retry's answer "not ok".
@@ -509,7 +535,7 @@ mod tests {
         assert!(witness(&mut pool, strong(1, 1, put("a")), 1));
         assert!(witness(&mut pool, strong(1, 2, put("b")), 1));
         assert_eq!(
-            pool.witness(strong(1, 3, put("c")), 1),
+            pool.witness(strong(1, 3, put("c")), 1, true),
             Err(WitnessError::PoolFull { entries_max: 2 })
         );
         assert_eq!(pool.len(), 2);
@@ -522,6 +548,54 @@ mod tests {
             seq: 1,
         });
         assert!(witness(&mut pool, strong(1, 3, put("c")), 1));
+    }
+
+    #[test]
+    fn a_command_is_accepted_only_with_its_causal_dependency_here() {
+        let mut pool = WitnessPool::new();
+        let mut read = strong(1, 3, get("b"));
+        read.causal_dep = 2;
+        assert_eq!(
+            pool.witness(read.clone(), 1, false),
+            Ok(false),
+            "seq 2 is missing"
+        );
+        assert!(!pool.get(&read.id).expect("pooled anyway").accepted);
+        let mut weak_write = cmd(1, 2, put("a"), Consistency::Weak);
+        weak_write.causal_dep = 1;
+        assert_eq!(pool.witness(weak_write, 1, true), Ok(true), "seq 1 applied");
+        assert_eq!(
+            pool.witness(read.clone(), 1, false),
+            Ok(true),
+            "seq 2 is pooled"
+        );
+        assert!(pool.get(&read.id).expect("pooled").accepted);
+        pool.validate();
+    }
+
+    #[test]
+    fn an_uncollected_pool_keeps_its_weak_writes_through_recovery_done() {
+        let mut pool = WitnessPool::new();
+        witness(&mut pool, strong(1, 1, put("a")), 2);
+        witness(&mut pool, cmd(2, 1, put("b"), Consistency::Weak), 2);
+        witness(&mut pool, cmd(3, 1, put("c"), Consistency::Weak), 4);
+        assert_eq!(
+            pool.drop_before_term(4, true),
+            1,
+            "only the strong entry goes"
+        );
+        let left: Vec<u64> = pool
+            .entries_for_recovery()
+            .iter()
+            .map(|entry| entry.command.id.client_id)
+            .collect();
+        assert_eq!(left, [2, 3]);
+        assert_eq!(
+            pool.drop_before_term(4, false),
+            1,
+            "collected: the old weak one goes"
+        );
+        pool.validate();
     }
 
     #[test]
@@ -544,7 +618,7 @@ mod tests {
         witness(&mut pool, strong(3, 1, put("c")), 5);
         witness(&mut pool, strong(4, 1, put("d")), 3);
         witness(&mut pool, strong(4, 1, put("d")), 5); // retried in term 5
-        assert_eq!(pool.drop_before_term(5), 2);
+        assert_eq!(pool.drop_before_term(5, false), 2);
         pool.validate();
         let left: Vec<(CommandId, Term)> = pool
             .entries_for_recovery()

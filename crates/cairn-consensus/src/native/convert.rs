@@ -15,6 +15,8 @@ pub enum InvalidCommand {
     MissingOp,
     #[error("command has an unknown consistency {0}")]
     Consistency(i32),
+    #[error("causal dependency seq {dep} is not before the command's seq {seq}")]
+    CausalDep { dep: u64, seq: u64 },
     #[error(transparent)]
     Op(#[from] CommandError),
 }
@@ -80,10 +82,18 @@ pub fn command_from_pb(command: &curppb::Command) -> Result<Command, InvalidComm
         Ok(curppb::Consistency::Weak) => Consistency::Weak,
         Err(_) => return Err(InvalidCommand::Consistency(command.consistency)),
     };
+    let id = id_from_pb(command.id.as_ref())?;
+    if command.causal_dep >= id.seq && command.causal_dep != 0 {
+        return Err(InvalidCommand::CausalDep {
+            dep: command.causal_dep,
+            seq: id.seq,
+        });
+    }
     Ok(Command {
-        id: id_from_pb(command.id.as_ref())?,
+        id,
         op: op_from_pb(command.op.as_ref())?,
         consistency,
+        causal_dep: command.causal_dep,
     })
 }
 
@@ -96,6 +106,7 @@ pub fn command_to_pb(command: &Command) -> curppb::Command {
         id: Some(id_to_pb(command.id)),
         op: Some(op_to_pb(&command.op)),
         consistency: consistency as i32,
+        causal_dep: command.causal_dep,
     }
 }
 
@@ -133,6 +144,7 @@ mod tests {
                 limit: 4,
             },
             consistency: Consistency::Weak,
+            causal_dep: 2,
         };
         assert_eq!(command_from_pb(&command_to_pb(&command)), Ok(command));
 
@@ -145,8 +157,11 @@ mod tests {
                 key: Bytes::from_static(b"k"),
             },
             consistency: Consistency::Strong,
+            causal_dep: 0,
         });
         let mut no_op = no_id.clone();
+        let mut dep_not_before = no_id.clone();
+        dep_not_before.causal_dep = 1;
         let mut empty_key = no_id.clone();
         let mut bad_consistency = no_id.clone();
         no_id.id = None;
@@ -165,6 +180,10 @@ mod tests {
         assert_eq!(
             command_from_pb(&bad_consistency),
             Err(InvalidCommand::Consistency(9))
+        );
+        assert_eq!(
+            command_from_pb(&dep_not_before),
+            Err(InvalidCommand::CausalDep { dep: 1, seq: 1 })
         );
     }
 }

@@ -56,6 +56,9 @@ pub enum SyncError {
     /// The command's seq is below its session's latest applied one: it was not applied.
     #[error("command is older than its session's latest applied command")]
     Stale,
+    /// The command's causal dependency was not applied before it: it was not applied.
+    #[error("command's causal dependency was not applied before it; resend the session's unapplied weak writes first")]
+    CausalGap,
     /// The state machine refused it (quota, …).
     #[error("{0}")]
     Refused(String),
@@ -96,6 +99,9 @@ pub(crate) enum Admission {
     Duplicate(Bytes),
     /// A native command older than its session's latest: skip it.
     Stale,
+    /// A native command whose causal dependency was not applied before it: skip it (its
+    /// client resends the dependency, then the command).
+    Gap,
 }
 
 impl Admission {
@@ -232,11 +238,18 @@ impl NativeState {
                 let Some(command) = native_command(request) else {
                     return Admission::Apply;
                 };
+                let id = logged_id(command);
+                // The causal barrier, checked where every member decides alike: a write of the
+                // session may never apply over a gap left by an earlier weak write.
+                let dep = command.causal_dep;
+                let dep_in_entry = admitted.get(&id.client_id).is_some_and(|seq| *seq >= dep);
+                if !sessions.reached(id.client_id, dep) && !dep_in_entry {
+                    return Admission::Gap;
+                }
                 // Reads change nothing: applied whenever they come, never recorded.
                 if !writes(command) {
                     return Admission::Apply;
                 }
-                let id = logged_id(command);
                 match admitted.get(&id.client_id) {
                     Some(seq) if id.seq == *seq => return Admission::Duplicate(Bytes::new()),
                     Some(seq) if id.seq < *seq => return Admission::Stale,
@@ -287,7 +300,10 @@ impl NativeState {
                 );
             }
             Some(Request::CurpRecoveryDone(done)) => {
-                lock(&self.pool).drop_before_term(done.term);
+                // A pool the leader of `done.term` did not collect may hold weak writes that
+                // no collected pool showed (see `WitnessPool::drop_before_term`).
+                let collected = self.witness_term.load(Ordering::Acquire) >= done.term;
+                lock(&self.pool).drop_before_term(done.term, !collected);
                 let now_ms = u64::try_from(request.now_unix_ms).unwrap_or(0);
                 // Expiry runs only here, at one log position on every member, so the table
                 // stays identical everywhere.
@@ -337,6 +353,7 @@ impl NativeState {
             (Admission::Duplicate(stored), _) => curppb::Result::decode(stored.as_ref())
                 .map_err(|error| SyncError::Refused(format!("stored result: {error}"))),
             (Admission::Stale, _) => Err(SyncError::Stale),
+            (Admission::Gap, _) => Err(SyncError::CausalGap),
         }
     }
 

@@ -27,13 +27,13 @@ use cairn_proto::cairnpb::InternalRequest;
 use cairn_proto::curppb;
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::convert::{command_to_pb, pool_entry_from_pb, pool_entry_to_pb};
 use std::sync::atomic::Ordering;
 
 use super::{lock, NativeState};
-use crate::curp::{PoolEntry, Quorums, RecoveryPlan, SessionCheck, Term};
+use crate::curp::{CommandId, PoolEntry, Quorums, RecoveryPlan, SessionCheck, Term};
 use crate::error::ConsensusError;
 use crate::limits::{CURP_POOL_COLLECT_TIMEOUT_MS, CURP_RECOVERY_STRICT_ATTEMPTS};
 use crate::network::{PeerRequest, PeerResponse};
@@ -178,10 +178,25 @@ async fn recover(replica: &Replica, term: Term, degraded: bool) -> Result<usize,
     let mut recovered = 0;
     {
         let sessions = lock(&native.sessions);
+        // What this plan re-proposes, by client: the causal barrier holds across it too.
+        let mut proposed: BTreeSet<CommandId> = BTreeSet::new();
         for command in &plan.commands {
             if sessions.check(command.id) != SessionCheck::New {
                 continue;
             }
+            let client_id = command.id.client_id;
+            let dep = CommandId {
+                client_id,
+                seq: command.causal_dep,
+            };
+            // A dependency no pool holds was lost with the pools that did (a lagging witness
+            // tags with its old term, and an older RecoveryDone dropped it): the command
+            // would apply over the gap. Left out; its client resends both, in order.
+            if !sessions.reached(client_id, dep.seq) && !proposed.contains(&dep) {
+                debug!(?command.id, dep = dep.seq, term, "recovery leaves out a command past a causal gap");
+                continue;
+            }
+            proposed.insert(command.id);
             let entry = InternalRequest {
                 now_unix_ms,
                 origin_member: inner.id,
@@ -204,7 +219,7 @@ async fn recover(replica: &Replica, term: Term, degraded: bool) -> Result<usize,
     }
     // What this member witnessed up to now (as a candidate of `term`, too) was settled by the
     // plan or will be retried by its client; from here on its pool holds only what it orders.
-    lock(&native.pool).drop_before_term(term + 1);
+    lock(&native.pool).drop_before_term(term + 1, false);
     native.serving.send_replace(term);
     Ok(recovered)
 }

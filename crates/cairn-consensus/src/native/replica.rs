@@ -15,7 +15,10 @@ use tokio::sync::oneshot;
 
 use super::convert::{command_to_pb, op_to_pb, InvalidCommand};
 use super::{lock, NativeState, SyncError, SyncResult};
-use crate::curp::{Command, CommandId, Consistency, Op, SessionCheck, Term, WitnessError};
+use crate::curp::{
+    Command, CommandId, Consistency, Op, SessionCheck, SessionTable, Term, WitnessError,
+    WitnessPool,
+};
 use crate::replica::Replica;
 use crate::types::MemberId;
 
@@ -70,6 +73,8 @@ pub enum NativeError {
     Stale(CommandId),
     #[error("command id {0:?} reused for a different command")]
     IdReused(CommandId),
+    #[error("command {id:?} depends on the session's weak write seq {dep}, which has not reached the leader; resend the session's unapplied weak writes first")]
+    CausalGap { id: CommandId, dep: u64 },
     #[error("witness pool full; retry")]
     Busy,
     #[error("timed out")]
@@ -152,7 +157,12 @@ impl Replica {
         let native = self.native();
         {
             let store = inner.shared.store();
+            let sessions = lock(&native.sessions);
             let pool = lock(&native.pool);
+            if !dependency_ordered(&sessions, &pool, &command) {
+                return Err(causal_gap(&command));
+            }
+            drop(sessions);
             let ok = !pool.conflicts(&command) && inner.proposals.generic_pending() == 0;
             if let Some(result) = ok.then(|| speculate(&store, &command.op)).flatten() {
                 return Ok(ProposeReply::Leader {
@@ -236,9 +246,13 @@ impl Replica {
                 sync: Some(sync),
             });
         }
+        if !dependency_ordered(&sessions, &pool, &command) {
+            return Err(causal_gap(&command));
+        }
         let id = command.id;
         let op = command.op.clone();
-        let pooled_ok = pool.witness(command, term).map_err(witness_error)?;
+        // The dependency is here: checked just above.
+        let pooled_ok = pool.witness(command, term, true).map_err(witness_error)?;
         // The leader does not know the keys of etcd-API writes in flight: any of them
         // conflicts. A sole voter has no witness to keep a write it acknowledged before the
         // fsync: its writes take the slow path (durable, as etcd's single member).
@@ -292,7 +306,10 @@ impl Replica {
                 .load(std::sync::atomic::Ordering::Acquire),
         );
         let id = command.id;
-        let ok = pool.witness(command, term).map_err(witness_error)?;
+        let dep_settled = sessions.reached(id.client_id, command.causal_dep);
+        let ok = pool
+            .witness(command, term, dep_settled)
+            .map_err(witness_error)?;
         tracing::debug!(member = self.inner.id, ?id, term, ok, "witnessed");
         Ok(ProposeReply::Witness { term, ok })
     }
@@ -356,6 +373,28 @@ fn applied_before(
         SessionCheck::Duplicate(stored) => Ok(Some(
             curppb::Result::decode(stored.as_ref()).unwrap_or_default(),
         )),
+    }
+}
+
+/// The causal barrier at a serving leader: `command`'s dependency is applied, or this
+/// leader ordered it (a serving leader's pool holds only what it ordered in its term and
+/// has not applied), so it comes first in the log.
+fn dependency_ordered(sessions: &SessionTable, pool: &WitnessPool, command: &Command) -> bool {
+    let client_id = command.id.client_id;
+    let dep = command.causal_dep;
+    sessions.reached(client_id, dep)
+        || pool
+            .get(&CommandId {
+                client_id,
+                seq: dep,
+            })
+            .is_some()
+}
+
+fn causal_gap(command: &Command) -> NativeError {
+    NativeError::CausalGap {
+        id: command.id,
+        dep: command.causal_dep,
     }
 }
 

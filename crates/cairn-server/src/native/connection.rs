@@ -192,6 +192,7 @@ fn native_error_code(error: &NativeError) -> Code {
         NativeError::NotReady => Code::NotReady,
         NativeError::Stale(_) | NativeError::IdReused(_) => Code::Stale,
         NativeError::Busy => Code::Busy,
+        NativeError::CausalGap { .. } => Code::CausalGap,
         NativeError::Timeout => Code::Unavailable,
     }
 }
@@ -333,6 +334,7 @@ async fn propose_strong(node: &Node, command: Option<curppb::Command>) -> Option
                             SyncError::Stale => Code::Stale,
                             SyncError::Refused(_) => Code::InvalidArgument,
                             SyncError::LeaderChanged => Code::NotReady,
+                            SyncError::CausalGap => Code::CausalGap,
                         };
                         error(Some(id), 0, code, failure.to_string())
                     }
