@@ -84,8 +84,9 @@ pub struct NativeState {
     amnesiac_through: std::sync::atomic::AtomicU64,
     /// The highest term a new leader collected this member's pool for. The pool is handed
     /// over and this raised under the pool lock, and witness replies carry at least this
-    /// term: a command pooled after the hand-over can no longer complete on the fast path
-    /// of an older term, which the collected pool would not show. (Raft's own term may lag:
+    /// term, and a leader of an older term orders nothing more ([`NativeState::deposed`]): a
+    /// command pooled after the hand-over can no longer complete on the fast path of an older
+    /// term, which the collected pool would not show. (Raft's own term may lag:
     /// metrics are updated after the vote is stored.)
     witness_term: std::sync::atomic::AtomicU64,
 }

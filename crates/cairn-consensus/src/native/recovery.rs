@@ -294,6 +294,16 @@ async fn collect_pools(
 }
 
 impl NativeState {
+    /// Whether a leader of a later term than `term` collected this member's pool: this
+    /// member, leading `term` as far as it knows, must then order nothing more. Its pool as
+    /// collected is all the new leader learns from it, so an `ok` it gave afterwards could
+    /// complete a fast path in `term` (with witnesses that answered before their own pools
+    /// were collected) that no recovery sees. Call it under the pool lock: the hand-over
+    /// takes that lock too.
+    pub(crate) fn deposed(&self, term: Term) -> bool {
+        self.witness_term.load(Ordering::Acquire) > term
+    }
+
     /// This member's pool as a new leader of `term` collects it; from now on its witness
     /// replies carry `term` or later.
     pub(crate) fn pool_for_recovery(&self, term: Term) -> curppb::PoolResponse {

@@ -159,6 +159,9 @@ impl Replica {
             let store = inner.shared.store();
             let sessions = lock(&native.sessions);
             let pool = lock(&native.pool);
+            if native.deposed(term) {
+                return Err(NativeError::NotReady);
+            }
             if !dependency_ordered(&sessions, &pool, &command) {
                 return Err(causal_gap(&command));
             }
@@ -233,6 +236,9 @@ impl Replica {
             return Ok(ProposeReply::Applied(applied));
         }
         let mut pool = lock(&native.pool);
+        if native.deposed(term) {
+            return Err(NativeError::NotReady);
+        }
         if let Some(pooled) = pool.get(&command.id) {
             if pooled.command != command {
                 return Err(NativeError::IdReused(command.id));
