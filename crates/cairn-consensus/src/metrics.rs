@@ -86,9 +86,11 @@ impl Drop for PendingProposal<'_> {
     }
 }
 
-/// Counts leader changes from openraft's metrics until the raft stops.
+/// Counts leader changes from openraft's metrics until the raft stops. (Server metrics: they
+/// change with the leader, not with every append and apply as the full metrics do, so this
+/// task is not woken once per raft loop.)
 pub(crate) async fn watch_leader(raft: Raft, metrics: Arc<ConsensusMetrics>) {
-    let mut raft_metrics = raft.metrics();
+    let mut raft_metrics = raft.server_metrics();
     let mut leader: Option<MemberId> = None;
     loop {
         let current = raft_metrics.borrow_and_update().current_leader;

@@ -612,27 +612,36 @@ impl Replica {
         }
     }
 
+    /// Watches the server metrics (they change with the membership, not with every append and
+    /// apply), and the applied index only while a membership without this member is pending.
     async fn removal_applied(&self) {
-        let mut metrics = self.inner.raft.metrics();
+        let mut server = self.inner.raft.server_metrics();
         let mut was_member = false;
         loop {
-            {
-                let metrics = metrics.borrow_and_update();
-                let config = &metrics.membership_config;
-                let listed = config
-                    .membership()
-                    .nodes()
-                    .any(|(id, _)| *id == self.inner.id);
+            let config = server.borrow_and_update().membership_config.clone();
+            let listed = config
+                .membership()
+                .nodes()
+                .any(|(id, _)| *id == self.inner.id);
+            if listed {
+                was_member = true;
+            } else if was_member {
                 // Only an applied (so committed) membership counts for a removal: an appended
                 // one may still be truncated by the next leader.
-                let applied = config.log_id() <= &metrics.last_applied;
-                if listed {
-                    was_member = true;
-                } else if was_member && applied {
-                    return;
+                let mut data = self.inner.raft.data_metrics();
+                let applied = data.wait_for(|data| config.log_id() <= &data.last_applied);
+                tokio::select! {
+                    applied = applied => match applied {
+                        Ok(_) => return,
+                        Err(_) => return std::future::pending().await,
+                    },
+                    changed = server.changed() => match changed {
+                        Ok(()) => continue,
+                        Err(_) => return std::future::pending().await,
+                    },
                 }
             }
-            if metrics.changed().await.is_err() {
+            if server.changed().await.is_err() {
                 return std::future::pending().await;
             }
         }

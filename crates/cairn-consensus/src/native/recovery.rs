@@ -54,8 +54,12 @@ enum RecoveryFailed {
 }
 
 /// Watches this member's raft role; runs recovery whenever it leads a term it does not serve.
+///
+/// It watches openraft's server metrics, which change with the vote and the leader only (the
+/// full metrics change on every append and apply, and would wake it once per raft loop). Their
+/// vote is the persisted one: its term is the term this member leads once it leads.
 pub(crate) async fn watch_leadership(replica: Replica) {
-    let mut metrics = replica.inner.raft.metrics();
+    let mut metrics = replica.inner.raft.server_metrics();
     let native = replica.native();
     let mut seen_term = 0;
     let mut attempts = 0;
@@ -63,7 +67,7 @@ pub(crate) async fn watch_leadership(replica: Replica) {
         let (term, leading) = {
             let metrics = metrics.borrow_and_update();
             (
-                metrics.current_term,
+                metrics.vote.leader_id().term,
                 metrics.current_leader == Some(metrics.id),
             )
         };
