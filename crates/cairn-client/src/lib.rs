@@ -19,6 +19,12 @@
 //! - [`Session::flush`] waits until the bound replica has applied all of the session's
 //!   commands: the durability point of weak writes.
 //!
+//! Every command carries its `causal_dep`: the seq of the session's latest weak write before
+//! it. Replicas keep the causal barrier with it: the leader orders a command only after that
+//! write (else it refuses with `CAUSAL_GAP`), and no member applies one over a gap. The
+//! session answers `CAUSAL_GAP`, like a leader change, by resending its unapplied weak
+//! writes in seq order, then whatever is in flight; every retry does the same.
+//!
 //! A retry timer (default 1 s) resends an unfinished command to every replica; a replica
 //! that applied it answers from its session table (exactly once). Leader changes need
 //! nothing else for correctness: every replica gets every command, and the new leader's

@@ -481,6 +481,76 @@ async fn no_completed_strong_write_is_lost_when_the_leader_is_killed() {
     }
 }
 
+/// Weak writes acknowledged by a follower while the leader is killed: after `flush`, every
+/// one is on both surviving members, in session order (each write's revision above the one
+/// before it). What the new leader lacks reaches it through the session's resends (on its
+/// `Serving` announcement, on a `CAUSAL_GAP` refusal, and while `flush` waits); the replicas
+/// never apply a write over a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_weak_writes_survive_a_leader_kill_in_session_order() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = CairnCluster::start(3).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let bound = (leader + 1) % 3;
+    let session = Arc::new(session(&cluster, bound).await);
+    let writer = {
+        let session = session.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+            let mut written = 0u32;
+            while tokio::time::Instant::now() < deadline {
+                let key = format!("causal-{written:05}");
+                session
+                    .weak(put(&key, &written.to_string()))
+                    .await
+                    .expect("the bound replica takes a weak write");
+                written += 1;
+                // A strong read now and then: it too waits for the session's weak writes.
+                if written % 64 == 0 {
+                    let _ = session.strong(get("causal-00000")).await;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            written
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cluster.kill9(leader);
+    let written = writer.await.expect("writer");
+    assert!(written > 100, "only {written} weak writes in 4 s");
+    session.flush().await.expect("flush after the failover");
+    for member in (0..3).filter(|member| *member != leader) {
+        let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::new(
+            common::channel(&cluster.members[member].endpoint()).await,
+        );
+        let found = kv
+            .range(RangeRequest {
+                key: b"causal-".to_vec(),
+                range_end: b"causal.".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("etcd range")
+            .into_inner()
+            .kvs;
+        assert_eq!(found.len(), written as usize, "member {member}");
+        let mut last_revision = 0;
+        for (index, kv) in found.iter().enumerate() {
+            assert_eq!(kv.value, index.to_string().into_bytes(), "member {member}");
+            assert!(
+                kv.mod_revision > last_revision,
+                "member {member}: write {index} at revision {}, not after {last_revision}",
+                kv.mod_revision
+            );
+            assert_eq!(
+                kv.version, 1,
+                "member {member}: write {index} applied twice"
+            );
+            last_revision = kv.mod_revision;
+        }
+    }
+}
+
 /// A write sent while there is no leader completes as soon as the new leader serves: the new
 /// leader announces itself (`Serving`) and the session resends at once. The retry timer is set
 /// far beyond the test, so only the announcement can finish the write in time.
