@@ -37,7 +37,7 @@ impl BucketMap {
         match self {
             BucketMap::Tree(tree) => tree.get(key).map(|value| &value[..]),
             BucketMap::Log(log) => {
-                let position = log.binary_search_by(|(probe, _)| probe[..].cmp(key)).ok()?;
+                let position = log_search(log, key).ok()?;
                 Some(&log[position].1)
             }
         }
@@ -53,7 +53,7 @@ impl BucketMap {
                     log.push((key, value));
                     return None;
                 }
-                match log.binary_search_by(|(probe, _)| probe.cmp(&key)) {
+                match log_search(log, &key) {
                     Ok(position) => Some(std::mem::replace(&mut log[position].1, value)),
                     Err(position) => {
                         log.insert(position, (key, value));
@@ -111,7 +111,7 @@ impl BucketMap {
                 }
             }
             BucketMap::Log(log) => {
-                let first = log.partition_point(|(key, _)| &key[..] < start);
+                let (Ok(first) | Err(first)) = log_search(log, start);
                 for (key, value) in &log[first..] {
                     if !below_end(key) || !visit(key, value) {
                         return;
@@ -128,6 +128,82 @@ impl BucketMap {
             BucketMap::Log(log) => Box::new(log.iter().map(|(k, v)| (&k[..], &v[..]))),
         }
     }
+}
+
+/// Below this many entries a plain binary search stays within a few cache lines.
+const INTERPOLATE_MIN: usize = 64;
+
+/// Where `key` is in the sorted `log`, as `binary_search` answers.
+///
+/// The `Key` bucket's keys are revisions, nearly dense in their leading 8 bytes (the main
+/// revision, big-endian). Interpolating on those lands at or next to the entry, and a gallop
+/// from there brackets it in a few probes, where a binary search of a million entries takes
+/// some 20, most of them cache misses: in the sustained CURP-HO run this lookup grew from
+/// 2.3% to 4.4% of the CPU as the log grew. Any sorted keys give the right answer; keys that
+/// are not dense only cost more probes.
+fn log_search(log: &[(InlineKey, Box<[u8]>)], key: &[u8]) -> Result<usize, usize> {
+    let below = |index: usize| log[index].0.as_bytes() < key;
+    let count = log.len();
+    let guess = match (log.first(), log.last()) {
+        (Some(first), Some(last)) if count >= INTERPOLATE_MIN => {
+            let (low, high) = (leading_u64(&first.0), leading_u64(&last.0));
+            let target = leading_u64(key);
+            if target <= low || target >= high {
+                None
+            } else {
+                let offset =
+                    u128::from(target - low) * (count as u128 - 1) / u128::from(high - low);
+                Some(offset as usize)
+            }
+        }
+        _ => None,
+    };
+    // The window [start, end) that holds the key's position: entries before `start` are below
+    // the key, entries from `end` on are not.
+    let (start, end) = match guess {
+        None => (0, count),
+        Some(guess) if below(guess) => {
+            let (mut known_below, mut step) = (guess, 1);
+            loop {
+                let probe = known_below + step;
+                if probe >= count {
+                    break (known_below + 1, count);
+                }
+                if !below(probe) {
+                    break (known_below + 1, probe);
+                }
+                known_below = probe;
+                step *= 2;
+            }
+        }
+        Some(guess) => {
+            let (mut known_above, mut step) = (guess, 1);
+            loop {
+                if step > known_above {
+                    break (0, known_above);
+                }
+                let probe = known_above - step;
+                if below(probe) {
+                    break (probe + 1, known_above);
+                }
+                known_above = probe;
+                step *= 2;
+            }
+        }
+    };
+    let position = start + log[start..end].partition_point(|(probe, _)| probe.as_bytes() < key);
+    match log.get(position) {
+        Some((found, _)) if found.as_bytes() == key => Ok(position),
+        _ => Err(position),
+    }
+}
+
+/// The first 8 bytes as a big-endian number, zero-padded: never decreasing in key order.
+fn leading_u64(key: &[u8]) -> u64 {
+    let mut bytes = [0; 8];
+    let len = key.len().min(8);
+    bytes[..len].copy_from_slice(&key[..len]);
+    u64::from_be_bytes(bytes)
 }
 
 #[cfg(test)]
@@ -147,6 +223,58 @@ mod tests {
     /// Both shapes behave like a B-tree under random inserts (mostly increasing, some not),
     /// batched removals, lookups and range scans; with short keys (inline in the log) for even
     /// seeds, long ones (boxed) for odd seeds.
+    #[test]
+    fn log_search_answers_as_binary_search_does() {
+        let revision =
+            |main: u64, sub: u64| [&main.to_be_bytes()[..], b"_", &sub.to_be_bytes()[..]].concat();
+        for seed in 0..30u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut keys: Vec<Vec<u8>> = match seed % 3 {
+                // Revisions: dense main numbers, a few subs, gaps where compaction removed
+                // some.
+                0 => {
+                    let mut keys = Vec::new();
+                    for main in 1..3000u64 {
+                        if rng.gen_bool(0.2) {
+                            continue;
+                        }
+                        for sub in 0..rng.gen_range(1..3u64) {
+                            keys.push(revision(main, sub));
+                        }
+                    }
+                    keys
+                }
+                // Revisions clustered at both ends: interpolation guesses far off.
+                1 => (1..500u64)
+                    .chain(1_000_000..1_000_500)
+                    .map(|main| revision(main, 0))
+                    .collect(),
+                // Any keys, short and long.
+                _ => (0..2000)
+                    .map(|_| {
+                        let len = rng.gen_range(0..12);
+                        (0..len).map(|_| rng.gen_range(0..4u8) * 60).collect()
+                    })
+                    .collect(),
+            };
+            keys.sort();
+            keys.dedup();
+            let log: Vec<(InlineKey, Box<[u8]>)> = keys
+                .iter()
+                .map(|key| (InlineKey::from(Box::<[u8]>::from(&key[..])), Box::default()))
+                .collect();
+            let mut probes: Vec<Vec<u8>> = keys.clone();
+            probes.extend(
+                (0..3000).map(|_| revision(rng.gen_range(0..1_000_600), rng.gen_range(0..3))),
+            );
+            probes.extend([Vec::new(), vec![0xff; 20]]);
+            for probe in &probes {
+                let want = log.binary_search_by(|(key, _)| key.as_bytes().cmp(probe));
+                assert_eq!(log_search(&log, probe), want, "seed={seed} probe={probe:?}");
+            }
+        }
+    }
+
     #[test]
     fn log_and_tree_agree_with_a_btree_model() {
         for seed in 0..20u64 {
