@@ -376,8 +376,15 @@ impl Session {
 
     /// The next command of the session; called under `send_order`, so `last_weak` is the
     /// latest weak write queued before it.
+    ///
+    /// That write is its causal dependency only while the bound replica has not shown it
+    /// applied. Once applied it is committed, so every serving leader holds it, and naming it
+    /// would only hurt: replicas forget a session idle for an hour, and would then refuse the
+    /// command for a gap that no resend can fill.
     fn command(&self, op: Op, consistency: Consistency) -> Command {
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        let mut unapplied = lock(&self.unapplied);
+        let last_weak = self.last_weak.load(Ordering::Acquire);
         let command = Command {
             id: CommandId {
                 client_id: self.client_id,
@@ -385,11 +392,14 @@ impl Session {
             },
             op,
             consistency,
-            causal_dep: self.last_weak.load(Ordering::Acquire),
+            causal_dep: match unapplied.contains_key(&last_weak) {
+                true => last_weak,
+                false => 0,
+            },
         };
         if command.writes() {
             self.last_write.fetch_max(seq, Ordering::AcqRel);
-            lock(&self.unapplied).insert(seq, command.clone());
+            unapplied.insert(seq, command.clone());
         }
         command
     }
