@@ -36,6 +36,25 @@ enum BoundAnswer {
     Flushed(curppb::FlushReply),
 }
 
+/// How long a write stays in a session's unapplied set. Replicas forget a session whose
+/// last applied write is `CURP_SESSION_IDLE_MS` old; a write resent after that would apply
+/// again (its seq is new to them), over anything the session wrote since. Half that: a write
+/// applied at all applied after it was issued, so its session is remembered until at least
+/// an hour after issue. (An unflushed weak write that never applied in half an hour is lost.)
+const UNAPPLIED_KEEP: std::time::Duration =
+    std::time::Duration::from_millis(cairn_consensus::limits::CURP_SESSION_IDLE_MS / 2);
+
+/// A causal-gap refusal resends what is in flight at most this often: every in-flight
+/// operation answers a bump by resending all unapplied weak writes, and a gap the leader
+/// cannot fill at once (its pool full, say) must not turn that into a loop at network speed.
+const GAP_RESEND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A write of the session the bound replica has not shown applied, and when it was issued.
+struct Unapplied {
+    command: Command,
+    issued: Instant,
+}
+
 struct StrongInFlight {
     completion: Completion<curppb::Result>,
     done: Option<Answer<(curppb::Result, Path)>>,
@@ -52,6 +71,8 @@ struct State {
     /// a command for a causal gap: everything in flight is resent at once (unapplied weak
     /// writes first) rather than on the retry timer.
     resend_now: tokio::sync::watch::Sender<u64>,
+    /// When a causal gap last bumped `resend_now`.
+    gap_resent: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,7 +199,11 @@ impl State {
         if error.code == curppb::Code::CausalGap as i32 {
             // The leader lacks an earlier weak write of this session (lost with a connection
             // or a pool): resend them all, in order, ahead of what is in flight.
-            self.resend_now.send_modify(|generation| *generation += 1);
+            let mut gap_resent = lock(&self.gap_resent);
+            if gap_resent.is_none_or(|at| at.elapsed() >= GAP_RESEND_INTERVAL) {
+                *gap_resent = Some(Instant::now());
+                self.resend_now.send_modify(|generation| *generation += 1);
+            }
         }
         if retryable(error.code) {
             return;
@@ -217,8 +242,8 @@ pub struct Session {
     /// The highest revision a weak read or flush has shown this session.
     min_revision: AtomicI64,
     /// This session's writes the bound replica has not shown applied yet, by seq, for
-    /// read-your-writes and for resending weak writes.
-    unapplied: Mutex<BTreeMap<u64, Command>>,
+    /// read-your-writes and for resending weak writes; forgotten after `UNAPPLIED_KEEP`.
+    unapplied: Mutex<BTreeMap<u64, Unapplied>>,
 }
 
 impl Session {
@@ -240,6 +265,7 @@ impl Session {
             weak: Mutex::new(HashMap::new()),
             bound: Mutex::new(HashMap::new()),
             resend_now: tokio::sync::watch::channel(0).0,
+            gap_resent: Mutex::new(None),
         });
         let links = config
             .endpoints
@@ -339,10 +365,16 @@ impl Session {
         let (to_bound, to_others) = self.causal_frames(&command);
         self.send_causal(&to_bound, &to_others).await;
         drop(order);
-        // Retries resend every unapplied weak write, this one included, in seq order.
-        let outcome = self
-            .await_retrying(done, || self.resend_weak_writes())
-            .await;
+        // Retries resend every unapplied weak write, this one included, in seq order; this one
+        // alone if a weak read showed it applied meanwhile (the bound replica answers it from
+        // its session table).
+        let resend = || async {
+            self.resend_weak_writes().await;
+            if !lock(&self.unapplied).contains_key(&command.id.seq) {
+                self.send_causal(&to_bound, &to_others).await;
+            }
+        };
+        let outcome = self.await_retrying(done, resend).await;
         lock(&self.state.weak).remove(&command.id);
         outcome?;
         Ok(Outcome {
@@ -377,13 +409,14 @@ impl Session {
     /// The next command of the session; called under `send_order`, so `last_weak` is the
     /// latest weak write queued before it.
     ///
-    /// That write is its causal dependency only while the bound replica has not shown it
-    /// applied. Once applied it is committed, so every serving leader holds it, and naming it
-    /// would only hurt: replicas forget a session idle for an hour, and would then refuse the
-    /// command for a gap that no resend can fill.
+    /// That write is its causal dependency only while it is in the unapplied set. Once the
+    /// bound replica showed it applied it is committed, so every serving leader holds it;
+    /// naming it anyway would have replicas that forgot the session (idle an hour) refuse the
+    /// command for a gap, and a resend of a forgotten session's write applies it again.
     fn command(&self, op: Op, consistency: Consistency) -> Command {
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         let mut unapplied = lock(&self.unapplied);
+        forget_stale(&mut unapplied);
         let last_weak = self.last_weak.load(Ordering::Acquire);
         let command = Command {
             id: CommandId {
@@ -399,7 +432,9 @@ impl Session {
         };
         if command.writes() {
             self.last_write.fetch_max(seq, Ordering::AcqRel);
-            unapplied.insert(seq, command.clone());
+            let issued = Instant::now();
+            let command = command.clone();
+            unapplied.insert(seq, Unapplied { command, issued });
         }
         command
     }
@@ -433,11 +468,16 @@ impl Session {
     }
 
     async fn resend_weak_writes(&self) {
-        let weak: Vec<Command> = lock(&self.unapplied)
-            .values()
-            .filter(|command| command.consistency == Consistency::Weak)
-            .cloned()
-            .collect();
+        let weak: Vec<Command> = {
+            let mut unapplied = lock(&self.unapplied);
+            forget_stale(&mut unapplied);
+            unapplied
+                .values()
+                .map(|unapplied| &unapplied.command)
+                .filter(|command| command.consistency == Consistency::Weak)
+                .cloned()
+                .collect()
+        };
         for command in weak {
             let (to_bound, to_others) = self.causal_frames(&command);
             self.send_causal(&to_bound, &to_others).await;
@@ -482,7 +522,7 @@ impl Session {
         let mut kvs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for command in unapplied
             .range(applied_seq + 1..)
-            .map(|(_, command)| command)
+            .map(|(_, unapplied)| &unapplied.command)
         {
             let KeySet::Point(key) = command.key_set() else {
                 continue;
@@ -573,6 +613,16 @@ impl Session {
                 Ok(()) = resend_now.changed() => resend().await,
             }
         }
+    }
+}
+
+/// Drops the writes issued longer than `UNAPPLIED_KEEP` ago (the lowest seqs).
+fn forget_stale(unapplied: &mut BTreeMap<u64, Unapplied>) {
+    while let Some(entry) = unapplied.first_entry() {
+        if entry.get().issued.elapsed() < UNAPPLIED_KEEP {
+            return;
+        }
+        entry.remove();
     }
 }
 

@@ -17,7 +17,8 @@
 //!
 //! Order: entries reach raft in the order proposals were queued (the driver hands each entry
 //! to raft before it takes the next batch), so a native CURP-HO client's commands, queued in
-//! arrival order on its connection, are ordered the same way in the log (the causal barrier).
+//! arrival order on its connection, are ordered the same way in the log (what lets the leader
+//! order a command right behind the `causal_dep` it checked in its pool).
 //!
 //! The leader's CURP-HO conflict check treats every queued, not yet applied etcd-API request
 //! as conflicting with everything (it does not know their key sets): `generic_pending` counts

@@ -220,9 +220,6 @@ mod tests {
         out
     }
 
-    /// Both shapes behave like a B-tree under random inserts (mostly increasing, some not),
-    /// batched removals, lookups and range scans; with short keys (inline in the log) for even
-    /// seeds, long ones (boxed) for odd seeds.
     #[test]
     fn log_search_answers_as_binary_search_does() {
         let revision =
@@ -275,6 +272,9 @@ mod tests {
         }
     }
 
+    /// Both shapes behave like a B-tree under random inserts (mostly increasing, some not),
+    /// batched removals, lookups and range scans; with short keys (inline in the log) for even
+    /// seeds, long ones (boxed) for odd seeds.
     #[test]
     fn log_and_tree_agree_with_a_btree_model() {
         for seed in 0..20u64 {

@@ -144,6 +144,15 @@ impl KeySet {
 }
 
 impl Command {
+    /// The id of the command's causal dependency, the session's weak write it must follow
+    /// (seq 0: none, an id no command has).
+    pub fn dependency(&self) -> CommandId {
+        CommandId {
+            client_id: self.id.client_id,
+            seq: self.causal_dep,
+        }
+    }
+
     pub fn writes(&self) -> bool {
         self.op.writes()
     }

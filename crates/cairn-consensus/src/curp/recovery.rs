@@ -49,10 +49,10 @@
 //! (for odd N they never conflict, above).
 //!
 //! Same client, W's seq below Y's, conflicting: session order wins and (2) draws no edge. That
-//! never costs a fast result. By the causal barrier the leader ordered W before Y; W in the
+//! never costs a fast result. By the causal barrier (Y names W, or a later weak write, as its
+//! `causal_dep`, and a leader orders Y only after it) the leader ordered W before Y; W in the
 //! plan was not committed, so not applied when Y was ordered, and the leader answered Y "not
-//! ok": Y did not complete on the fast path. (With FIFO delivery without gaps no witness
-//! accepted Y either, W being pooled ahead of it, so the case needs lost messages.)
+//! ok": Y did not complete on the fast path.
 //!
 //! Cycles: (2) runs from strong to weak, so a cycle needs a session edge from a weak write to
 //! a strong command. Were every strong command with a (2) edge on the cycle fast under one
@@ -63,8 +63,9 @@
 //! (session order always holds). Known limit: a majority's pools do not always tell which
 //! strong command on a cycle did not complete (three clients, each a weak write then a strong
 //! read, witnesses receiving them in rotated orders: `cycle_is_broken_in_session_order`), so
-//! the break may reorder a fast result. A witness refusing a strong command while a weak
-//! write of its own client is pooled (`causal_dep`) would keep such commands out of the plan.
+//! the break may reorder a fast result. (Witnesses accept a strong command only once its
+//! `causal_dep` is pooled or applied there, which does not rule this case out: the weak
+//! writes are pooled, just in other orders.)
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -94,10 +94,10 @@ impl SessionTable {
     }
 
     /// Whether `client_id`'s write `dep` (a command's causal dependency; 0: none) is settled
-    /// here: applied, or passed over by a later write of the session. Every command issued
-    /// after a weak write carries a dependency at or above it, and none is admitted before
-    /// its dependency is settled, so the first write above `dep` to apply needs `dep` itself
-    /// applied: "settled" means applied.
+    /// here: applied, or passed over by a later write of the session. A command issued after
+    /// a weak write names it (or a later one) as its dependency until its client saw it
+    /// applied, and none is admitted before its dependency is settled, so the first write
+    /// above `dep` to apply needs `dep` itself applied: "settled" means applied.
     pub fn reached(&self, client_id: ClientId, dep: u64) -> bool {
         dep == 0 || self.applied_seq(client_id).is_some_and(|seq| seq >= dep)
     }

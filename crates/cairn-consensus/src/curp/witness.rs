@@ -113,11 +113,7 @@ impl WitnessPool {
         if command.consistency == Consistency::Weak && !command.writes() {
             return Err(WitnessError::WeakRead(command.id));
         }
-        let dep = CommandId {
-            client_id: command.id.client_id,
-            seq: command.causal_dep,
-        };
-        let dep_here = dep_settled || self.entries.contains_key(&dep);
+        let dep_here = dep_settled || self.entries.contains_key(&command.dependency());
         let ok = dep_here && !self.conflicts_with_pool(&command);
         if let Some(entry) = self.entries.get_mut(&command.id) {
             if entry.command != command {
@@ -165,11 +161,14 @@ impl WitnessPool {
     /// Applies `RecoveryDone(term)`: drops every entry tagged with a term below `term`, whose
     /// fate the new leader's recovery has settled. Returns how many were dropped.
     ///
-    /// `keep_weak`: the leader of `term` did not collect this pool, so it settled only what
+    /// `keep_weak`: the leader of `term` was never handed this pool, so it settled only what
     /// other pools showed. That is enough for strong commands (a fast path leaves
     /// recover-quorum copies in every majority), but a weak write may have reached only this
     /// replica, its bound one, which acknowledged it while lagging behind in an older term:
-    /// it stays until it applies or a recovery that collects this pool re-proposes it.
+    /// it stays until it applies or a recovery that collects this pool re-proposes it. (A
+    /// pool handed over after the leader already had a majority is dropped all the same: the
+    /// write then rests on its client, whose `flush` resends it; the replicas' causal barrier
+    /// keeps anything later of the session from applying over it meanwhile.)
     pub fn drop_before_term(&mut self, term: Term, keep_weak: bool) -> usize {
         let stale: Vec<CommandId> = self
             .entries

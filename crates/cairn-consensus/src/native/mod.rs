@@ -4,11 +4,13 @@
 //! this module holds them under locks and feeds them terms and entries.
 //!
 //! ```text
-//!  Propose ─► leader (serving its term)?  ─ yes ─► session check, pool check (+ no etcd-API
-//!     │                                            write in flight), pool it, queue the entry
-//!     │                                            now ─► LeaderReply{term, ok, result}
-//!     └ no ─► session check, pool check, pool it ─► WitnessReply{term, ok}
-//!  apply ─► session table (exactly once) ─► pool entry removed ─► sync waiters: SyncReply
+//!  Propose ─► leader (serving its term)?  ─ yes ─► not deposed, session check, causal_dep
+//!     │                                            applied or pooled (else CAUSAL_GAP), pool
+//!     │                                            check (+ no etcd-API write in flight), pool
+//!     │                                            it, queue the entry now ─► LeaderReply
+//!     └ no ─► session check, pool check (ok needs causal_dep here), pool it ─► WitnessReply
+//!  apply ─► causal_dep applied? (else skipped: Gap) ─► session table (exactly once)
+//!        ─► pool entry removed ─► sync waiters: SyncReply
 //! ```
 //!
 //! Strong reads differ: a leader with no conflicting unapplied entry answers from the applied

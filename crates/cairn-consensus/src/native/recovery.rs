@@ -188,16 +188,16 @@ async fn recover(replica: &Replica, term: Term, degraded: bool) -> Result<usize,
             if sessions.check(command.id) != SessionCheck::New {
                 continue;
             }
-            let client_id = command.id.client_id;
-            let dep = CommandId {
-                client_id,
-                seq: command.causal_dep,
-            };
+            let dep = command.dependency();
             // A dependency no pool holds was lost with the pools that did (a lagging witness
             // tags with its old term, and an older RecoveryDone dropped it): the command
             // would apply over the gap. Left out; its client resends both, in order.
-            if !sessions.reached(client_id, dep.seq) && !proposed.contains(&dep) {
-                debug!(?command.id, dep = dep.seq, term, "recovery leaves out a command past a causal gap");
+            if !sessions.reached(dep.client_id, dep.seq) && !proposed.contains(&dep) {
+                let (id, dep) = (command.id, dep.seq);
+                debug!(
+                    ?id,
+                    dep, term, "recovery leaves out a command past a causal gap"
+                );
                 continue;
             }
             proposed.insert(command.id);
@@ -223,8 +223,12 @@ async fn recover(replica: &Replica, term: Term, degraded: bool) -> Result<usize,
     }
     // What this member witnessed up to now (as a candidate of `term`, too) was settled by the
     // plan or will be retried by its client; from here on its pool holds only what it orders.
-    lock(&native.pool).drop_before_term(term + 1, false);
+    // Serving starts under the pool lock: a witness call that read "not leading" before it
+    // cannot pool anything after the drop (`Replica::witness`).
+    let mut pool = lock(&native.pool);
+    pool.drop_before_term(term + 1, false);
     native.serving.send_replace(term);
+    drop(pool);
     Ok(recovered)
 }
 

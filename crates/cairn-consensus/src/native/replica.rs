@@ -133,6 +133,9 @@ impl Replica {
             )
         };
         if !leading {
+            // The leader refuses an entry over the size limit; a witness that pooled it would
+            // let its bound replica acknowledge a weak write that can never apply.
+            self.entry(&command, now_unix_ms, max_bytes)?;
             return self.witness(command, term);
         }
         let mut serving = self.native().serving.subscribe();
@@ -306,6 +309,12 @@ impl Replica {
             return Ok(ProposeReply::Applied(applied));
         }
         let mut pool = lock(&native.pool);
+        // Leading was read before the locks: a recovery that finished since would find in its
+        // serving pool a command it never ordered (which `dependency_ordered` counts as
+        // ordered). Recovery starts serving under the pool lock, so this check is exact.
+        if native.serving_term() != 0 {
+            return Err(NativeError::NotReady);
+        }
         let term = term.max(
             native
                 .witness_term
@@ -386,15 +395,8 @@ fn applied_before(
 /// leader ordered it (a serving leader's pool holds only what it ordered in its term and
 /// has not applied), so it comes first in the log.
 fn dependency_ordered(sessions: &SessionTable, pool: &WitnessPool, command: &Command) -> bool {
-    let client_id = command.id.client_id;
-    let dep = command.causal_dep;
-    sessions.reached(client_id, dep)
-        || pool
-            .get(&CommandId {
-                client_id,
-                seq: dep,
-            })
-            .is_some()
+    let dep = command.dependency();
+    sessions.reached(dep.client_id, dep.seq) || pool.get(&dep).is_some()
 }
 
 fn causal_gap(command: &Command) -> NativeError {

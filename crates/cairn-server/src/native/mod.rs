@@ -4,7 +4,8 @@
 //! Per connection, two tasks:
 //! - the **reader** decodes frames in arrival order and hands each to the replica at once
 //!   (`connection::handle`): a proposal is ordered or witnessed before the next frame is
-//!   read, which keeps a client's commands in order (the causal barrier). Answers that must
+//!   read, which keeps a client's commands in order (the replicas also check each command's
+//!   `causal_dep`, for what a broken connection lost). Answers that must
 //!   wait — a slow-path `SyncReply`, a weak read waiting for a revision, a flush — go to the
 //!   writer as futures;
 //! - the **writer** owns the socket's write half: it polls those futures and writes every
