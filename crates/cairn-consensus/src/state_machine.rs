@@ -232,7 +232,7 @@ impl StateMachine {
                 member_id,
                 metrics,
                 requests_applied: AtomicU64::new(0),
-                native: NativeState::new(sessions, applied.curp_recovered_term),
+                native: NativeState::new(member_id, sessions, applied.curp_recovered_term),
                 removals: Arc::new(Removals::new(applied.removed.clone())),
             }),
             snapshots: Arc::new(snapshots),

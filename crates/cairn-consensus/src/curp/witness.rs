@@ -161,14 +161,11 @@ impl WitnessPool {
     /// Applies `RecoveryDone(term)`: drops every entry tagged with a term below `term`, whose
     /// fate the new leader's recovery has settled. Returns how many were dropped.
     ///
-    /// `keep_weak`: the leader of `term` was never handed this pool, so it settled only what
+    /// `keep_weak`: the recovery of `term` did not use this pool, so it settled only what
     /// other pools showed. That is enough for strong commands (a fast path leaves
     /// recover-quorum copies in every majority), but a weak write may have reached only this
     /// replica, its bound one, which acknowledged it while lagging behind in an older term:
-    /// it stays until it applies or a recovery that collects this pool re-proposes it. (A
-    /// pool handed over after the leader already had a majority is dropped all the same: the
-    /// write then rests on its client, whose `flush` resends it; the replicas' causal barrier
-    /// keeps anything later of the session from applying over it meanwhile.)
+    /// it stays until it applies or a recovery that uses this pool re-proposes it.
     pub fn drop_before_term(&mut self, term: Term, keep_weak: bool) -> usize {
         let stale: Vec<CommandId> = self
             .entries

@@ -49,6 +49,7 @@ pub use convert::{
 
 use crate::curp::{CommandId, SessionCheck, SessionTable, Term, WitnessPool};
 use crate::limits::CURP_SESSION_IDLE_MS;
+use crate::types::MemberId;
 
 /// What a sync waiter receives once the command is applied.
 pub type SyncResult = Result<curppb::Result, SyncError>;
@@ -71,6 +72,8 @@ pub enum SyncError {
 
 /// The native protocol's state on one member.
 pub struct NativeState {
+    /// This member (is it among a `RecoveryDone`'s pools?).
+    member_id: MemberId,
     sessions: Mutex<SessionTable>,
     sessions_dirty: AtomicBool,
     pool: Mutex<WitnessPool>,
@@ -141,8 +144,13 @@ fn logged_id(command: &curppb::Command) -> CommandId {
 }
 
 impl NativeState {
-    pub(crate) fn new(sessions: SessionTable, recovered_term: Term) -> NativeState {
+    pub(crate) fn new(
+        member_id: MemberId,
+        sessions: SessionTable,
+        recovered_term: Term,
+    ) -> NativeState {
         NativeState {
+            member_id,
             sessions: Mutex::new(sessions),
             sessions_dirty: AtomicBool::new(false),
             pool: Mutex::new(WitnessPool::new()),
@@ -303,10 +311,10 @@ impl NativeState {
                 );
             }
             Some(Request::CurpRecoveryDone(done)) => {
-                // A pool the leader of `done.term` did not collect may hold weak writes that
-                // no collected pool showed (see `WitnessPool::drop_before_term`).
-                let collected = self.witness_term.load(Ordering::Acquire) >= done.term;
-                lock(&self.pool).drop_before_term(done.term, !collected);
+                // A pool the plan of `done.term` was not computed from may hold weak writes
+                // that no pool it used showed (see `WitnessPool::drop_before_term`).
+                let unused = !done.pools.is_empty() && !done.pools.contains(&self.member_id);
+                lock(&self.pool).drop_before_term(done.term, unused);
                 let now_ms = u64::try_from(request.now_unix_ms).unwrap_or(0);
                 // Expiry runs only here, at one log position on every member, so the table
                 // stays identical everywhere.
@@ -375,6 +383,54 @@ impl NativeState {
             for sender in senders {
                 let _ = sender.send(Err(SyncError::LeaderChanged));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use cairn_mvcc::StoreConfig;
+    use cairn_storage::memory::MemoryEngine;
+
+    use super::*;
+    use crate::curp::{Command, Consistency, Op};
+
+    fn put(client_id: u64, consistency: Consistency) -> Command {
+        Command {
+            id: CommandId { client_id, seq: 1 },
+            op: Op::Put {
+                key: Bytes::from(format!("k{client_id}")),
+                value: Bytes::from_static(b"v"),
+            },
+            consistency,
+            causal_dep: 0,
+        }
+    }
+
+    /// Member 1 pooled a weak and a strong write in term 2; `RecoveryDone(4)` drops both
+    /// where the recovery used member 1's pool (or says nothing, as markers written before
+    /// the list did), and only the strong one where it did not.
+    #[test]
+    fn recovery_done_keeps_weak_writes_only_in_pools_its_plan_did_not_use() {
+        let store = KvStore::open(Box::new(MemoryEngine::new()), StoreConfig::default());
+        for (pools, left) in [(vec![], 0), (vec![1, 2], 0), (vec![2, 3], 1)] {
+            let native = NativeState::new(1, SessionTable::new(), 0);
+            for command in [put(7, Consistency::Weak), put(8, Consistency::Strong)] {
+                lock(&native.pool)
+                    .witness(command, 2, true)
+                    .expect("pooled");
+            }
+            let marker = InternalRequest {
+                request: Some(Request::CurpRecoveryDone(curppb::RecoveryDone {
+                    term: 4,
+                    pools: pools.clone(),
+                })),
+                ..Default::default()
+            };
+            native.after_apply(&store, 4, &marker, &Admission::Apply, None);
+            assert_eq!(native.pool_len(), left, "pools {pools:?}");
+            assert_eq!(native.recovered_term(), 4);
         }
     }
 }

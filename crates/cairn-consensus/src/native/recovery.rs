@@ -137,6 +137,8 @@ async fn recover(replica: &Replica, term: Term, degraded: bool) -> Result<usize,
     let quorums = Quorums::new(voters.len().max(1));
     let collected = collect_pools(replica, term, &voters, quorums.majority).await;
     let mut pools = collected.complete;
+    // What the plan is computed from; incomplete pools below count as empty.
+    let used: Vec<MemberId> = pools.keys().copied().collect();
     if pools.len() < quorums.majority {
         let answered = collected.incomplete.len() + pools.len();
         let enough = match degraded {
@@ -216,7 +218,7 @@ async fn recover(replica: &Replica, term: Term, degraded: bool) -> Result<usize,
             recovered += 1;
         }
     }
-    let marker = Request::CurpRecoveryDone(curppb::RecoveryDone { term });
+    let marker = Request::CurpRecoveryDone(curppb::RecoveryDone { term, pools: used });
     replica.propose_as_leader(marker, now_unix_ms).await?;
     if inner.raft.metrics().borrow().current_term != term {
         return Err(RecoveryFailed::TermEnded(term));
