@@ -415,8 +415,9 @@ impl Session {
     /// command for a gap, and a resend of a forgotten session's write applies it again.
     fn command(&self, op: Op, consistency: Consistency) -> Command {
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        let now = Instant::now();
         let mut unapplied = lock(&self.unapplied);
-        forget_stale(&mut unapplied);
+        forget_stale(&mut unapplied, now);
         let last_weak = self.last_weak.load(Ordering::Acquire);
         let command = Command {
             id: CommandId {
@@ -432,9 +433,14 @@ impl Session {
         };
         if command.writes() {
             self.last_write.fetch_max(seq, Ordering::AcqRel);
-            let issued = Instant::now();
             let command = command.clone();
-            unapplied.insert(seq, Unapplied { command, issued });
+            unapplied.insert(
+                seq,
+                Unapplied {
+                    command,
+                    issued: now,
+                },
+            );
         }
         command
     }
@@ -470,7 +476,7 @@ impl Session {
     async fn resend_weak_writes(&self) {
         let weak: Vec<Command> = {
             let mut unapplied = lock(&self.unapplied);
-            forget_stale(&mut unapplied);
+            forget_stale(&mut unapplied, Instant::now());
             unapplied
                 .values()
                 .map(|unapplied| &unapplied.command)
@@ -616,10 +622,10 @@ impl Session {
     }
 }
 
-/// Drops the writes issued longer than `UNAPPLIED_KEEP` ago (the lowest seqs).
-fn forget_stale(unapplied: &mut BTreeMap<u64, Unapplied>) {
+/// Drops the writes issued longer than `UNAPPLIED_KEEP` before `now` (the lowest seqs).
+fn forget_stale(unapplied: &mut BTreeMap<u64, Unapplied>, now: Instant) {
     while let Some(entry) = unapplied.first_entry() {
-        if entry.get().issued.elapsed() < UNAPPLIED_KEEP {
+        if now.duration_since(entry.get().issued) < UNAPPLIED_KEEP {
             return;
         }
         entry.remove();
