@@ -135,7 +135,7 @@ impl Replica {
         if !leading {
             // The leader refuses an entry over the size limit; a witness that pooled it would
             // let its bound replica acknowledge a weak write that can never apply.
-            self.entry(&command, now_unix_ms, max_bytes)?;
+            self.entry_request(&command, now_unix_ms, max_bytes)?;
             return self.witness(command, term);
         }
         let mut serving = self.native().serving.subscribe();
@@ -162,12 +162,7 @@ impl Replica {
             let store = inner.shared.store();
             let sessions = lock(&native.sessions);
             let pool = lock(&native.pool);
-            if native.deposed(term) {
-                return Err(NativeError::NotReady);
-            }
-            if !dependency_ordered(&sessions, &pool, &command) {
-                return Err(causal_gap(&command));
-            }
+            may_order(native, &sessions, &pool, &command, term)?;
             drop(sessions);
             let ok = !pool.conflicts(&command) && inner.proposals.generic_pending() == 0;
             if let Some(result) = ok.then(|| speculate(&store, &command.op)).flatten() {
@@ -191,13 +186,25 @@ impl Replica {
         })
     }
 
-    /// The command's log entry, checked against the size limit.
+    /// The command's log entry, encoded.
     fn entry(
         &self,
         command: &Command,
         now_unix_ms: i64,
         max_bytes: usize,
     ) -> Result<Bytes, NativeError> {
+        let entry = self.entry_request(command, now_unix_ms, max_bytes)?;
+        Ok(Bytes::from(entry.encode_to_vec()))
+    }
+
+    /// The command's log entry, checked against the size limit by its encoded length (a
+    /// witness checks it too, without encoding it).
+    fn entry_request(
+        &self,
+        command: &Command,
+        now_unix_ms: i64,
+        max_bytes: usize,
+    ) -> Result<InternalRequest, NativeError> {
         let entry = InternalRequest {
             now_unix_ms,
             origin_member: self.inner.id,
@@ -206,11 +213,10 @@ impl Replica {
             auth: None,
             request: Some(Request::CurpCommand(command_to_pb(command))),
         };
-        let bytes = Bytes::from(entry.encode_to_vec());
-        if bytes.len() > max_bytes {
+        if entry.encoded_len() > max_bytes {
             return Err(NativeError::TooLarge);
         }
-        Ok(bytes)
+        Ok(entry)
     }
 
     /// The leader's side: appends the command to the log now and evaluates it on the prefix.
@@ -239,9 +245,9 @@ impl Replica {
             return Ok(ProposeReply::Applied(applied));
         }
         let mut pool = lock(&native.pool);
-        if native.deposed(term) {
-            return Err(NativeError::NotReady);
-        }
+        // (A retry of a command ordered here passes the barrier again: its dependency stays
+        // pooled until applied.)
+        may_order(native, &sessions, &pool, &command, term)?;
         if let Some(pooled) = pool.get(&command.id) {
             if pooled.command != command {
                 return Err(NativeError::IdReused(command.id));
@@ -254,9 +260,6 @@ impl Replica {
                 result: None,
                 sync: Some(sync),
             });
-        }
-        if !dependency_ordered(&sessions, &pool, &command) {
-            return Err(causal_gap(&command));
         }
         let id = command.id;
         let op = command.op.clone();
@@ -310,8 +313,8 @@ impl Replica {
         }
         let mut pool = lock(&native.pool);
         // Leading was read before the locks: a recovery that finished since would find in its
-        // serving pool a command it never ordered (which `dependency_ordered` counts as
-        // ordered). Recovery starts serving under the pool lock, so this check is exact.
+        // serving pool a command it never ordered (which `may_order` counts as ordered).
+        // Recovery starts serving under the pool lock, so this check is exact.
         if native.serving_term() != 0 {
             return Err(NativeError::NotReady);
         }
@@ -391,19 +394,28 @@ fn applied_before(
     }
 }
 
-/// The causal barrier at a serving leader: `command`'s dependency is applied, or this
-/// leader ordered it (a serving leader's pool holds only what it ordered in its term and
-/// has not applied), so it comes first in the log.
-fn dependency_ordered(sessions: &SessionTable, pool: &WitnessPool, command: &Command) -> bool {
-    let dep = command.dependency();
-    sessions.reached(dep.client_id, dep.seq) || pool.get(&dep).is_some()
-}
-
-fn causal_gap(command: &Command) -> NativeError {
-    NativeError::CausalGap {
-        id: command.id,
-        dep: command.causal_dep,
+/// What a serving leader checks under the pool lock before it orders `command`: no leader of
+/// a later term took its pool ([`NativeState::deposed`]), and the causal barrier holds:
+/// `command`'s dependency is applied, or this leader ordered it (a serving leader's pool holds
+/// only what it ordered in its term and has not applied), so it comes first in the log.
+fn may_order(
+    native: &NativeState,
+    sessions: &SessionTable,
+    pool: &WitnessPool,
+    command: &Command,
+    term: Term,
+) -> Result<(), NativeError> {
+    if native.deposed(term) {
+        return Err(NativeError::NotReady);
     }
+    let dep = command.dependency();
+    if !sessions.reached(dep.client_id, dep.seq) && pool.get(&dep).is_none() {
+        return Err(NativeError::CausalGap {
+            id: command.id,
+            dep: dep.seq,
+        });
+    }
+    Ok(())
 }
 
 /// A command's result on `store`, which holds every earlier entry that touches its keys.
