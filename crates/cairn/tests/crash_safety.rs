@@ -70,23 +70,40 @@ async fn writer(endpoint: String, cycle: usize, writer: usize, history: Arc<Mute
     }
 }
 
+/// Every key under `c`, read in pages: how much the load wrote before the kill depends on the
+/// machine's speed, and one response may not exceed the client's 4 MiB message limit.
 async fn read_all(cairn: &Cairn) -> BTreeMap<Vec<u8>, (i64, Vec<u8>)> {
+    const PAGE: i64 = 1000;
     let mut kv = cairn.kv().await;
-    let all = RangeRequest {
-        key: b"c".to_vec(),
-        range_end: b"d".to_vec(),
-        ..Default::default()
-    };
-    let response = kv
-        .range(all)
-        .await
-        .expect("range after restart")
-        .into_inner();
-    response
-        .kvs
-        .into_iter()
-        .map(|kv| (kv.key, (kv.mod_revision, kv.value)))
-        .collect()
+    let mut stored = BTreeMap::new();
+    let mut start = b"c".to_vec();
+    loop {
+        let page = RangeRequest {
+            key: start.clone(),
+            range_end: b"d".to_vec(),
+            limit: PAGE,
+            ..Default::default()
+        };
+        let response = kv
+            .range(page)
+            .await
+            .expect("range after restart")
+            .into_inner();
+        let Some(last) = response.kvs.last() else {
+            return stored;
+        };
+        start = [last.key.as_slice(), b"\0"].concat();
+        let more = response.more;
+        stored.extend(
+            response
+                .kvs
+                .into_iter()
+                .map(|kv| (kv.key, (kv.mod_revision, kv.value))),
+        );
+        if !more {
+            return stored;
+        }
+    }
 }
 
 fn check(history: &History, stored: &BTreeMap<Vec<u8>, (i64, Vec<u8>)>, cycle: usize, seed: u64) {
