@@ -213,29 +213,6 @@ pub(crate) fn open_write(path: &Path) -> Result<File, WalError> {
         .map_err(|e| WalError::io("open", path, e))
 }
 
-/// Reserves the disk blocks of bytes `from..to` of `file`, growing it to `to`, as etcd
-/// preallocates its WAL: records written there land inside the file, so their fdatasync need
-/// not also journal a new file size (see docs/perf/kv-single-node-notes.md). The reserved bytes
-/// read as zeros, which `scan` takes for the segment's unwritten end. A file system without
-/// `fallocate` just grows the file as records arrive.
-pub(crate) fn allocate(file: &File, path: &Path, from: u64, to: u64) -> Result<(), WalError> {
-    use std::os::fd::AsRawFd;
-    assert!(from < to, "wal: allocating an empty range {from}..{to}");
-    let offset = libc::off_t::try_from(from).unwrap_or(libc::off_t::MAX);
-    let len = libc::off_t::try_from(to - from).unwrap_or(libc::off_t::MAX);
-    // SAFETY: `fallocate` only reads its integer arguments; the descriptor is open for
-    // writing and outlives the call.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
-    if result == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => Ok(()),
-        _ => Err(WalError::io("fallocate", path, error)),
-    }
-}
-
 /// Cuts `file` to `len` bytes and makes the new length durable.
 pub(crate) fn truncate(file: &File, path: &Path, len: u64) -> Result<(), WalError> {
     file.set_len(len)
