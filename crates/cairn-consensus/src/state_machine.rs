@@ -19,9 +19,9 @@ use bytes::Bytes;
 use cairn_mvcc::{KvStore, StoreConfig};
 use cairn_proto::cairnpb::InternalRequest;
 use cairn_proto::raftpb;
-use cairn_storage::engine::Engine;
+use cairn_storage::engine::{Engine, SnapshotPart};
 use cairn_storage::memory::MemoryEngine;
-use cairn_storage::snapshot::SnapshotStore;
+use cairn_storage::snapshot::{SnapshotStore, SnapshotWriter};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use prost::Message;
@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::curp::SessionTable;
 use crate::error::OpenError;
+use crate::limits::SNAPSHOT_PART_RECORDS;
 use crate::metrics::ConsensusMetrics;
 use crate::native::NativeState;
 use crate::removal::Removals;
@@ -438,14 +439,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let shared = self.shared.clone();
         let snapshots = self.snapshots.clone();
         let built = blocking(self.synchronous, move || -> Result<_, std::io::Error> {
-            let mut writer = snapshots.writer().map_err(std::io::Error::other)?;
-            // Streamed into the file under the read lock: applies wait, reads go on; the state
-            // cannot move. The fsync comes after the lock is released.
-            let applied = {
-                let store = shared.store();
-                store.write_snapshot(&mut writer)?;
-                AppliedState::of_store(&store).map_err(std::io::Error::other)?
+            let (applied, writer) = match write_in_parts(&shared, &snapshots)? {
+                Some(written) => written,
+                None => {
+                    // A compaction moved the records between parts: write it again whole,
+                    // under one hold of the read lock (applies wait, reads go on).
+                    let mut writer = snapshots.writer().map_err(std::io::Error::other)?;
+                    let store = shared.store();
+                    store.write_snapshot(&mut writer)?;
+                    let applied = AppliedState::of_store(&store).map_err(std::io::Error::other)?;
+                    (applied, writer)
+                }
             };
+            // The fsync comes after the lock is released.
             let meta = applied.snapshot_meta();
             let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
             let file = writer.finish(index).map_err(std::io::Error::other)?;
@@ -462,6 +468,32 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(SnapshotFile::stored(file)),
         })
+    }
+}
+
+/// Writes a snapshot of the store as it is now into a new file of `snapshots`, taking the read
+/// lock once per part (`SNAPSHOT_PART_RECORDS`) so that applies go on between parts. `None`
+/// when a compaction between parts moved the records (the partial file is dropped).
+fn write_in_parts<'a>(
+    shared: &Replicated,
+    snapshots: &'a SnapshotStore,
+) -> std::io::Result<Option<(AppliedState, SnapshotWriter<'a>)>> {
+    let mut writer = snapshots.writer().map_err(std::io::Error::other)?;
+    let (mut cut, applied) = {
+        let store = shared.store();
+        let applied = AppliedState::of_store(&store).map_err(std::io::Error::other)?;
+        (store.snapshot_cut(), applied)
+    };
+    loop {
+        let part =
+            shared
+                .store()
+                .write_snapshot_part(&mut cut, &mut writer, SNAPSHOT_PART_RECORDS)?;
+        match part {
+            SnapshotPart::More => {}
+            SnapshotPart::Done => return Ok(Some((applied, writer))),
+            SnapshotPart::Moved => return Ok(None),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use cairn_proto::cairnpb::LeaseRecord;
 use cairn_proto::mvccpb::KeyValue;
-use cairn_storage::engine::{Engine, WriteBatch};
+use cairn_storage::engine::{Engine, SnapshotCut, SnapshotPart, WriteBatch};
 use cairn_storage::schema::{
     Bucket, CONSENSUS_APPLIED_STATE, META_APPLIED_INDEX, META_COMPACT_REVISION,
     META_CURRENT_REVISION,
@@ -208,6 +208,21 @@ impl KvStore {
     /// Streams the whole state to `out` (a snapshot file, the Maintenance Snapshot stream).
     pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         self.engine.write_snapshot(out)
+    }
+
+    /// Fixes the state a snapshot written in parts will hold (see `Engine::snapshot_cut`).
+    pub fn snapshot_cut(&self) -> SnapshotCut {
+        self.engine.snapshot_cut()
+    }
+
+    /// Writes the next part of `cut` (see `Engine::write_snapshot_part`).
+    pub fn write_snapshot_part(
+        &self,
+        cut: &mut SnapshotCut,
+        out: &mut dyn std::io::Write,
+        records_max: usize,
+    ) -> std::io::Result<SnapshotPart> {
+        self.engine.write_snapshot_part(cut, out, records_max)
     }
 
     /// Checks a requested read revision against history: `requested <= 0` means `current`.

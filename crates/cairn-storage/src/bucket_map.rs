@@ -121,6 +121,39 @@ impl BucketMap {
         }
     }
 
+    /// Whether inserting `key` would add it after every key held (for the `Log` shape: a
+    /// push, which leaves every entry where it was).
+    pub fn appends(&self, key: &[u8]) -> bool {
+        match self {
+            BucketMap::Tree(tree) => tree
+                .last_key_value()
+                .is_none_or(|(last, _)| &last[..] < key),
+            BucketMap::Log(log) => log.last().is_none_or(|(last, _)| last.as_bytes() < key),
+        }
+    }
+
+    /// The entries at positions `from..to` in key order (`to` at most `len()`).
+    pub fn positions(
+        &self,
+        from: usize,
+        to: usize,
+    ) -> Box<dyn Iterator<Item = (&[u8], &[u8])> + '_> {
+        assert!(
+            from <= to && to <= self.len(),
+            "positions {from}..{to} of {}",
+            self.len()
+        );
+        match self {
+            BucketMap::Tree(tree) => Box::new(
+                tree.iter()
+                    .skip(from)
+                    .take(to - from)
+                    .map(|(k, v)| (&k[..], &v[..])),
+            ),
+            BucketMap::Log(log) => Box::new(log[from..to].iter().map(|(k, v)| (&k[..], &v[..]))),
+        }
+    }
+
     /// Every entry in key order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], &[u8])> + '_> {
         match self {

@@ -87,10 +87,57 @@ pub trait Engine: Send + Sync + 'static {
         self.len(bucket) == 0
     }
 
+    /// Fixes what a snapshot taken in parts will hold: the state as it is now. Cheap: it
+    /// copies only the small buckets; `write_snapshot_part` writes the `Key` bucket's records.
+    fn snapshot_cut(&self) -> SnapshotCut;
+
+    /// Writes the next part of `cut` to `out`: at most `records_max` records of the `Key`
+    /// bucket, and the rest of the snapshot with the last of them. Between parts the caller
+    /// may let writes in (appends of newer revisions leave the cut's records where they were);
+    /// `Moved` means a write removed or reordered records since the cut, and the bytes written
+    /// so far are of no use.
+    fn write_snapshot_part(
+        &self,
+        cut: &mut SnapshotCut,
+        out: &mut dyn Write,
+        records_max: usize,
+    ) -> io::Result<SnapshotPart>;
+
     /// Streams the whole engine to `out` as one self-describing byte string (see `memory`
     /// for the format). Streamed, not returned: a snapshot file must not cost a second copy of
     /// the state in memory.
-    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut cut = self.snapshot_cut();
+        match self.write_snapshot_part(&mut cut, out, usize::MAX)? {
+            SnapshotPart::Done => Ok(()),
+            part => unreachable!("one part under one borrow ended {part:?}"),
+        }
+    }
+}
+
+/// A snapshot being written in parts (see `Engine::snapshot_cut`).
+#[derive(Debug)]
+pub struct SnapshotCut {
+    /// Everything before the `Key` bucket's records (magic, version, bucket id and count).
+    pub(crate) head: Vec<u8>,
+    /// Everything after them: the other buckets, encoded at the cut (they are small).
+    pub(crate) tail: Vec<u8>,
+    /// The `Key` bucket's records at the cut, and how many of them are written.
+    pub(crate) records: usize,
+    pub(crate) written: usize,
+    /// The engine's count of `Key` bucket rewrites at the cut.
+    pub(crate) rewrites: u64,
+}
+
+/// What `Engine::write_snapshot_part` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotPart {
+    /// A part is written; more follow.
+    More,
+    /// The snapshot is complete.
+    Done,
+    /// Records of the cut were removed or reordered since: start again.
+    Moved,
 }
 
 /// Why an engine could not be rebuilt from snapshot bytes. The bytes come from disk, so this is

@@ -17,10 +17,13 @@ use std::io::{self, Write};
 use bytes::Bytes;
 
 use crate::bucket_map::BucketMap;
-use crate::engine::{Engine, EngineError, WriteBatch, WriteOp};
+use crate::engine::{Engine, EngineError, SnapshotCut, SnapshotPart, WriteBatch, WriteOp};
 use crate::schema::{Bucket, SCHEMA_VERSION, SCHEMA_VERSION_MIN};
 
 const MAGIC: &[u8; 8] = b"CAIRNENG";
+
+// A snapshot in parts writes the `Key` bucket first, where the format puts it.
+const _: () = assert!(matches!(Bucket::ALL[0], Bucket::Key));
 
 /// Bytes charged per entry on top of key and value: map node share, key box and `Bytes`
 /// header. An estimate, so that the quota tracks real memory rather than payload alone.
@@ -32,6 +35,9 @@ const ENTRY_OVERHEAD_BYTES: u64 = 64;
 pub struct MemoryEngine {
     buckets: [BucketMap; Bucket::ALL.len()],
     size_bytes: u64,
+    /// Writes to the `Key` bucket that were not appends (compaction's removals): what makes a
+    /// snapshot in parts start again (`SnapshotPart::Moved`).
+    key_rewrites: u64,
 }
 
 impl Default for MemoryEngine {
@@ -50,6 +56,7 @@ impl MemoryEngine {
         MemoryEngine {
             buckets: Bucket::ALL.map(map),
             size_bytes: 0,
+            key_rewrites: 0,
         }
     }
 
@@ -96,6 +103,9 @@ impl MemoryEngine {
     fn insert(&mut self, bucket: Bucket, key: Box<[u8]>, value: Box<[u8]>) {
         let key_len = key.len();
         let added = entry_bytes(key_len, value.len());
+        if bucket == Bucket::Key && !self.buckets[bucket.slot()].appends(&key) {
+            self.key_rewrites += 1;
+        }
         if let Some(old) = self.buckets[bucket.slot()].insert(key, value) {
             self.size_bytes -= entry_bytes(key_len, old.len());
         }
@@ -106,6 +116,9 @@ impl MemoryEngine {
     fn remove_pending(&mut self, bucket: Bucket, pending: &mut HashSet<Box<[u8]>>) {
         if pending.is_empty() {
             return;
+        }
+        if bucket == Bucket::Key {
+            self.key_rewrites += 1;
         }
         for (key, old) in self.buckets[bucket.slot()].remove_all(pending) {
             self.size_bytes -= entry_bytes(key.len(), old.len());
@@ -167,22 +180,61 @@ impl Engine for MemoryEngine {
         self.buckets[bucket.slot()].len()
     }
 
-    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        out.write_all(MAGIC)?;
-        out.write_all(&SCHEMA_VERSION.to_be_bytes())?;
-        for bucket in Bucket::ALL {
+    fn snapshot_cut(&self) -> SnapshotCut {
+        let records = self.buckets[Bucket::Key.slot()].len();
+        let mut head = Vec::with_capacity(MAGIC.len() + 4 + 1 + 8);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&SCHEMA_VERSION.to_be_bytes());
+        head.push(Bucket::Key as u8);
+        head.extend_from_slice(&(records as u64).to_be_bytes());
+        let mut tail = Vec::new();
+        for bucket in Bucket::ALL.into_iter().filter(|b| *b != Bucket::Key) {
             let map = &self.buckets[bucket.slot()];
-            out.write_all(&[bucket as u8])?;
-            out.write_all(&(map.len() as u64).to_be_bytes())?;
+            tail.push(bucket as u8);
+            tail.extend_from_slice(&(map.len() as u64).to_be_bytes());
             for (key, value) in map.iter() {
-                out.write_all(&(key.len() as u32).to_be_bytes())?;
-                out.write_all(key)?;
-                out.write_all(&(value.len() as u32).to_be_bytes())?;
-                out.write_all(value)?;
+                write_entry(&mut tail, key, value).expect("writing to a Vec cannot fail");
             }
         }
-        Ok(())
+        SnapshotCut {
+            head,
+            tail,
+            records,
+            written: 0,
+            rewrites: self.key_rewrites,
+        }
     }
+
+    fn write_snapshot_part(
+        &self,
+        cut: &mut SnapshotCut,
+        out: &mut dyn Write,
+        records_max: usize,
+    ) -> io::Result<SnapshotPart> {
+        if cut.rewrites != self.key_rewrites {
+            return Ok(SnapshotPart::Moved);
+        }
+        if cut.written == 0 {
+            out.write_all(&cut.head)?;
+        }
+        let to = cut.records.min(cut.written.saturating_add(records_max));
+        for (key, value) in self.buckets[Bucket::Key.slot()].positions(cut.written, to) {
+            write_entry(out, key, value)?;
+        }
+        cut.written = to;
+        if to < cut.records {
+            return Ok(SnapshotPart::More);
+        }
+        out.write_all(&cut.tail)?;
+        Ok(SnapshotPart::Done)
+    }
+}
+
+fn write_entry(out: &mut dyn Write, key: &[u8], value: &[u8]) -> io::Result<()> {
+    out.write_all(&(key.len() as u32).to_be_bytes())?;
+    out.write_all(key)?;
+    out.write_all(&(value.len() as u32).to_be_bytes())?;
+    out.write_all(value)
 }
 
 /// Cursor over snapshot bytes that turns running out of input into `Truncated`.
@@ -280,5 +332,84 @@ mod tests {
             MemoryEngine::decode_snapshot(&bad).unwrap_err(),
             EngineError::BadMagic
         );
+    }
+
+    fn put_records(engine: &mut MemoryEngine, keys: std::ops::Range<u32>) {
+        let mut batch = WriteBatch::new();
+        // A small bucket changes with every call too.
+        let lease = Bytes::from(format!("granted with {}", keys.start));
+        batch.put(Bucket::Lease, b"lease".to_vec(), lease);
+        for key in keys {
+            let value = Bytes::from(format!("value of {key}"));
+            batch.put(Bucket::Key, key.to_be_bytes().to_vec(), value);
+        }
+        engine.write(batch);
+    }
+
+    /// Writes `cut` in parts of `records_max`, letting `between` change the engine before
+    /// every part after the first.
+    fn write_parts(
+        engine: &mut MemoryEngine,
+        records_max: usize,
+        mut between: impl FnMut(&mut MemoryEngine, usize),
+    ) -> (Vec<u8>, SnapshotPart, usize) {
+        let mut cut = engine.snapshot_cut();
+        let mut out = Vec::new();
+        let mut parts = 0;
+        loop {
+            if parts > 0 {
+                between(engine, parts);
+            }
+            let part = engine
+                .write_snapshot_part(&mut cut, &mut out, records_max)
+                .expect("into a Vec");
+            parts += 1;
+            if part != SnapshotPart::More {
+                return (out, part, parts);
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_in_parts_holds_the_state_at_its_cut_while_newer_records_arrive() {
+        let mut engine = MemoryEngine::new();
+        put_records(&mut engine, 1..1000);
+        let mut whole = Vec::new();
+        engine.write_snapshot(&mut whole).expect("into a Vec");
+        let mut next = 1000;
+        let (parts_bytes, part, parts) = write_parts(&mut engine, 64, |engine, _| {
+            put_records(engine, next..next + 10);
+            next += 10;
+        });
+        assert_eq!(part, SnapshotPart::Done);
+        assert_eq!(parts, 999usize.div_ceil(64));
+        assert_eq!(
+            parts_bytes, whole,
+            "the parts differ from the state at the cut"
+        );
+        assert!(
+            engine.len(Bucket::Key) > 1000,
+            "nothing arrived between the parts"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_in_parts_starts_again_when_records_are_removed_or_reordered() {
+        let mut engine = MemoryEngine::new();
+        put_records(&mut engine, 10..1000);
+        let (_, part, parts) = write_parts(&mut engine, 100, |engine, part| {
+            if part == 3 {
+                let mut compaction = WriteBatch::new();
+                compaction.delete(Bucket::Key, 10u32.to_be_bytes().to_vec());
+                engine.write(compaction);
+            }
+        });
+        assert_eq!((part, parts), (SnapshotPart::Moved, 4));
+        let (_, part, parts) = write_parts(&mut engine, 100, |engine, part| {
+            if part == 2 {
+                put_records(engine, 5..6);
+            }
+        });
+        assert_eq!((part, parts), (SnapshotPart::Moved, 3));
     }
 }
