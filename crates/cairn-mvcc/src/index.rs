@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
+use cairn_storage::inline_key::InlineKey;
+
 use crate::key_index::{KeyAt, KeyIndex};
 use crate::revision::Revision;
 
@@ -63,8 +65,10 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Key index of the whole store.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    /// Boxed slices rather than `Vec`s: 8 bytes less per key in every B-tree node.
-    keys: BTreeMap<Box<[u8]>, KeyIndex>,
+    /// Keys up to 22 bytes inline in the B-tree node: a lookup compares against keys in the
+    /// node it already reads instead of following a pointer per comparison (what made lookups
+    /// slow down as the tree outgrew the caches), and a short key needs no heap block.
+    keys: BTreeMap<InlineKey, KeyIndex>,
 }
 
 impl TreeIndex {

@@ -5,6 +5,7 @@
 //! alone: 21 MiB less RSS with a million revisions (measured in
 //! docs/perf/kv-single-node-notes.md).
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Deref;
@@ -44,12 +45,29 @@ impl From<Box<[u8]>> for InlineKey {
         if key.len() > INLINE_BYTES_MAX {
             return InlineKey::Boxed(key);
         }
+        InlineKey::from(&key[..])
+    }
+}
+
+impl From<&[u8]> for InlineKey {
+    fn from(key: &[u8]) -> InlineKey {
+        if key.len() > INLINE_BYTES_MAX {
+            return InlineKey::Boxed(key.into());
+        }
         let mut bytes = [0; INLINE_BYTES_MAX];
-        bytes[..key.len()].copy_from_slice(&key);
+        bytes[..key.len()].copy_from_slice(key);
         InlineKey::Inline {
             len: key.len() as u8,
             bytes,
         }
+    }
+}
+
+/// Maps keyed by `InlineKey` are searched with plain byte slices; `Ord` below is byte order,
+/// as `Borrow` requires.
+impl Borrow<[u8]> for InlineKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
@@ -105,6 +123,7 @@ mod tests {
                 key.len() <= INLINE_BYTES_MAX
             );
             assert_eq!(inline.as_bytes(), &key[..]);
+            assert_eq!(InlineKey::from(&key[..]), inline);
             assert_eq!(inline.clone().into_boxed(), *key);
             for other in &keys {
                 assert_eq!(inline.cmp(&InlineKey::from(other.clone())), key.cmp(other));
