@@ -65,7 +65,9 @@ struct State {
     /// Voters as the replicas report them (N of the quorum arithmetic); 0 until one answers.
     voters: AtomicUsize,
     strong: Mutex<HashMap<CommandId, StrongInFlight>>,
-    weak: Mutex<HashMap<CommandId, Answer<()>>>,
+    /// Weak writes waiting for the bound replica; answered with the seq up to which it has
+    /// applied this session (0 when the answer does not say).
+    weak: Mutex<HashMap<CommandId, Answer<u64>>>,
     bound: Mutex<HashMap<u64, Answer<BoundAnswer>>>,
     /// Bumped when a replica announces it serves as a new leader, or when the leader refused
     /// a command for a causal gap: everything in flight is resent at once (unapplied weak
@@ -136,7 +138,7 @@ impl Dispatch for State {
                 // A weak write retried after it applied is answered from the session table.
                 if let Some(id) = command_id(sync.id.as_ref()) {
                     if let Some(answer) = lock(&self.weak).remove(&id) {
-                        let _ = answer.send(Ok(()));
+                        let _ = answer.send(Ok(0));
                         return;
                     }
                 }
@@ -150,7 +152,7 @@ impl Dispatch for State {
             Message::CausalReply(causal) => {
                 if let Some(id) = command_id(causal.id.as_ref()) {
                     if let Some(answer) = lock(&self.weak).remove(&id) {
-                        let _ = answer.send(Ok(()));
+                        let _ = answer.send(Ok(causal.applied_seq));
                     }
                 }
             }
@@ -376,11 +378,21 @@ impl Session {
         };
         let outcome = self.await_retrying(done, resend).await;
         lock(&self.state.weak).remove(&command.id);
-        outcome?;
+        // Only the bound replica answers a weak write, so its applied seq is what a weak read
+        // would show: writes up to it need neither a resend nor an overlay. A session that
+        // only writes would otherwise keep every write for `UNAPPLIED_KEEP`.
+        forget_applied(&mut lock(&self.unapplied), outcome?);
         Ok(Outcome {
             result: curppb::Result::default(),
             path: None,
         })
+    }
+
+    /// Writes this session still keeps to resend and to lay over weak reads: those its bound
+    /// replica has not yet shown applied (each weak write's answer and each weak read show
+    /// how far it got).
+    pub fn unapplied_writes(&self) -> usize {
+        lock(&self.unapplied).len()
     }
 
     /// Waits until the bound replica has applied every command this session issued (the
@@ -515,8 +527,7 @@ impl Session {
     fn saw(&self, applied_revision: i64, applied_seq: u64) {
         self.min_revision
             .fetch_max(applied_revision, Ordering::AcqRel);
-        let mut unapplied = lock(&self.unapplied);
-        *unapplied = unapplied.split_off(&(applied_seq + 1));
+        forget_applied(&mut lock(&self.unapplied), applied_seq);
     }
 
     /// Read-your-writes: lays this session's writes the replica had not applied (seq above
@@ -623,6 +634,16 @@ impl Session {
 }
 
 /// Drops the writes issued longer than `UNAPPLIED_KEEP` before `now` (the lowest seqs).
+/// Drops the writes the bound replica has applied (seq up to `applied_seq`).
+fn forget_applied(unapplied: &mut BTreeMap<u64, Unapplied>, applied_seq: u64) {
+    while let Some(entry) = unapplied.first_entry() {
+        if *entry.key() > applied_seq {
+            return;
+        }
+        entry.remove();
+    }
+}
+
 fn forget_stale(unapplied: &mut BTreeMap<u64, Unapplied>, now: Instant) {
     while let Some(entry) = unapplied.first_entry() {
         if now.duration_since(entry.get().issued) < UNAPPLIED_KEEP {

@@ -551,6 +551,44 @@ async fn flushed_weak_writes_survive_a_leader_kill_in_session_order() {
     }
 }
 
+/// A session that only writes weakly forgets its writes once the bound replica applied them:
+/// each weak write's answer says how far the replica got, so nothing piles up without reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_only_writes_weakly_keeps_only_its_unapplied_writes() {
+    let _serial = SERIAL.lock().await;
+    let cluster = CairnCluster::start(3).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let bound = (leader + 1) % 3;
+    let session = session(&cluster, bound).await;
+    let written = 500;
+    for index in 0..written {
+        let key = format!("weak-only-{index:03}");
+        session
+            .weak(put(&key, "x"))
+            .await
+            .expect("the bound replica takes a weak write");
+    }
+    let last = format!("weak-only-{:03}", written - 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while etcd_value(&cluster, bound, &last).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bound replica never applied the last weak write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    session
+        .weak(put("weak-only-after", "x"))
+        .await
+        .expect("one more weak write");
+    let kept = session.unapplied_writes();
+    assert!(
+        kept <= 1,
+        "{kept} of {} weak writes kept after the bound replica applied {written}",
+        written + 1
+    );
+}
+
 /// A write sent while there is no leader completes as soon as the new leader serves: the new
 /// leader announces itself (`Serving`) and the session resends at once. The retry timer is set
 /// far beyond the test, so only the announcement can finish the write in time.

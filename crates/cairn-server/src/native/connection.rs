@@ -364,6 +364,7 @@ async fn causal_propose(
                 .then(|| Outgoing::Now(error(id, 0, Code::InvalidArgument, invalid.to_string())))
         }
     };
+    let client_id = command.id.client_id;
     let id = id_to_pb(command.id);
     let proposed = propose(node, command).await;
     // Only the bound replica answers a weak write; the others pool (or order) it silently.
@@ -373,6 +374,7 @@ async fn causal_propose(
     Some(Outgoing::Now(match proposed {
         Ok(_) => reply(server_message::Message::CausalReply(curppb::CausalReply {
             id: Some(id),
+            applied_seq: node.replica().native().applied_seq(client_id),
         })),
         Err(failure) => error(
             Some(id),
