@@ -217,7 +217,15 @@ impl State {
                 }
             }
             if let Some(answer) = lock(&self.weak).remove(&id) {
-                let _ = answer.send(Err(refused(error)));
+                // A resent weak write the session has moved past: a later command of this
+                // session applied, and none applies before the weak writes issued ahead of it
+                // (the causal barrier), so this one applied. The replica cannot answer it from
+                // its session table, which keeps only the latest.
+                let outcome = match error.code == curppb::Code::Stale as i32 {
+                    true => Ok(0),
+                    false => Err(refused(error)),
+                };
+                let _ = answer.send(outcome);
             }
         } else if let Some(answer) = lock(&self.bound).remove(&error.request_id) {
             let _ = answer.send(Err(refused(error)));

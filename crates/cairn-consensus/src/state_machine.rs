@@ -484,11 +484,16 @@ fn write_in_parts<'a>(
         let applied = AppliedState::of_store(&store).map_err(std::io::Error::other)?;
         (store.snapshot_cut(), applied)
     };
+    // Each part is encoded under the lock and written to the file (checksum, system calls)
+    // after it is released.
+    let mut part_bytes = Vec::new();
     loop {
+        part_bytes.clear();
         let part =
             shared
                 .store()
-                .write_snapshot_part(&mut cut, &mut writer, SNAPSHOT_PART_RECORDS)?;
+                .write_snapshot_part(&mut cut, &mut part_bytes, SNAPSHOT_PART_RECORDS)?;
+        writer.write_all(&part_bytes)?;
         match part {
             SnapshotPart::More => {}
             SnapshotPart::Done => return Ok(Some((applied, writer))),
