@@ -65,9 +65,9 @@ struct State {
     /// Voters as the replicas report them (N of the quorum arithmetic); 0 until one answers.
     voters: AtomicUsize,
     strong: Mutex<HashMap<CommandId, StrongInFlight>>,
-    /// Weak writes waiting for the bound replica; answered with the seq up to which it has
-    /// applied this session (0 when the answer does not say).
-    weak: Mutex<HashMap<CommandId, Answer<u64>>>,
+    /// Weak writes waiting for the bound replica; answered with its applied revision and the
+    /// seq up to which it has applied this session (zeros when the answer does not say).
+    weak: Mutex<HashMap<CommandId, Answer<(i64, u64)>>>,
     bound: Mutex<HashMap<u64, Answer<BoundAnswer>>>,
     /// Bumped when a replica announces it serves as a new leader, or when the leader refused
     /// a command for a causal gap: everything in flight is resent at once (unapplied weak
@@ -138,7 +138,7 @@ impl Dispatch for State {
                 // A weak write retried after it applied is answered from the session table.
                 if let Some(id) = command_id(sync.id.as_ref()) {
                     if let Some(answer) = lock(&self.weak).remove(&id) {
-                        let _ = answer.send(Ok(0));
+                        let _ = answer.send(Ok((0, 0)));
                         return;
                     }
                 }
@@ -152,7 +152,8 @@ impl Dispatch for State {
             Message::CausalReply(causal) => {
                 if let Some(id) = command_id(causal.id.as_ref()) {
                     if let Some(answer) = lock(&self.weak).remove(&id) {
-                        let _ = answer.send(Ok(causal.applied_seq));
+                        let applied = (causal.applied_revision, causal.applied_seq);
+                        let _ = answer.send(Ok(applied));
                     }
                 }
             }
@@ -217,15 +218,7 @@ impl State {
                 }
             }
             if let Some(answer) = lock(&self.weak).remove(&id) {
-                // A resent weak write the session has moved past: a later command of this
-                // session applied, and none applies before the weak writes issued ahead of it
-                // (the causal barrier), so this one applied. The replica cannot answer it from
-                // its session table, which keeps only the latest.
-                let outcome = match error.code == curppb::Code::Stale as i32 {
-                    true => Ok(0),
-                    false => Err(refused(error)),
-                };
-                let _ = answer.send(outcome);
+                let _ = answer.send(Err(refused(error)));
             }
         } else if let Some(answer) = lock(&self.bound).remove(&error.request_id) {
             let _ = answer.send(Err(refused(error)));
@@ -386,10 +379,12 @@ impl Session {
         };
         let outcome = self.await_retrying(done, resend).await;
         lock(&self.state.weak).remove(&command.id);
-        // Only the bound replica answers a weak write, so its applied seq is what a weak read
-        // would show: writes up to it need neither a resend nor an overlay. A session that
-        // only writes would otherwise keep every write for `UNAPPLIED_KEEP`.
-        forget_applied(&mut lock(&self.unapplied), outcome?);
+        // Only the bound replica answers a weak write, and it says what a weak read would:
+        // writes up to its applied seq need neither a resend nor an overlay, as long as later
+        // reads wait for its applied revision. A session that only writes would otherwise keep
+        // every write for `UNAPPLIED_KEEP`.
+        let (applied_revision, applied_seq) = outcome?;
+        self.saw(applied_revision, applied_seq);
         Ok(Outcome {
             result: curppb::Result::default(),
             path: None,
@@ -641,7 +636,6 @@ impl Session {
     }
 }
 
-/// Drops the writes issued longer than `UNAPPLIED_KEEP` before `now` (the lowest seqs).
 /// Drops the writes the bound replica has applied (seq up to `applied_seq`).
 fn forget_applied(unapplied: &mut BTreeMap<u64, Unapplied>, applied_seq: u64) {
     while let Some(entry) = unapplied.first_entry() {
@@ -652,6 +646,7 @@ fn forget_applied(unapplied: &mut BTreeMap<u64, Unapplied>, applied_seq: u64) {
     }
 }
 
+/// Drops the writes issued longer than `UNAPPLIED_KEEP` before `now` (the lowest seqs).
 fn forget_stale(unapplied: &mut BTreeMap<u64, Unapplied>, now: Instant) {
     while let Some(entry) = unapplied.first_entry() {
         if now.duration_since(entry.get().issued) < UNAPPLIED_KEEP {

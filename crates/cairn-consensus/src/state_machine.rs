@@ -442,8 +442,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let (applied, writer) = match write_in_parts(&shared, &snapshots)? {
                 Some(written) => written,
                 None => {
-                    // A compaction moved the records between parts: write it again whole,
-                    // under one hold of the read lock (applies wait, reads go on).
+                    // A compaction moved the records between parts, or an installed snapshot
+                    // replaced the store: write it again whole, under one hold of the read
+                    // lock (applies wait, reads go on).
                     let mut writer = snapshots.writer().map_err(std::io::Error::other)?;
                     let store = shared.store();
                     store.write_snapshot(&mut writer)?;
@@ -473,7 +474,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 /// Writes a snapshot of the store as it is now into a new file of `snapshots`, taking the read
 /// lock once per part (`SNAPSHOT_PART_RECORDS`) so that applies go on between parts. `None`
-/// when a compaction between parts moved the records (the partial file is dropped).
+/// when a compaction between parts moved the records, or an installed snapshot replaced the
+/// store (the partial file is dropped).
 fn write_in_parts<'a>(
     shared: &Replicated,
     snapshots: &'a SnapshotStore,

@@ -132,7 +132,9 @@ impl BucketMap {
         }
     }
 
-    /// The entries at positions `from..to` in key order (`to` at most `len()`).
+    /// The entries at positions `from..to` in key order (`to` at most `len()`). A slice of the
+    /// `Log` shape; the `Tree` shape walks from its first entry (snapshots in parts use this
+    /// on the `Key` bucket only, which is a `Log`).
     pub fn positions(
         &self,
         from: usize,

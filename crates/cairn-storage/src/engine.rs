@@ -94,8 +94,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Writes the next part of `cut` to `out`: at most `records_max` records of the `Key`
     /// bucket, and the rest of the snapshot with the last of them. Between parts the caller
     /// may let writes in (appends of newer revisions leave the cut's records where they were);
-    /// `Moved` means a write removed or reordered records since the cut, and the bytes written
-    /// so far are of no use.
+    /// `Moved` means a write removed or reordered records since the cut, or the engine is not
+    /// the one cut (an installed snapshot replaced it), and the bytes written so far are of no
+    /// use.
     fn write_snapshot_part(
         &self,
         cut: &mut SnapshotCut,
@@ -125,8 +126,9 @@ pub struct SnapshotCut {
     /// The `Key` bucket's records at the cut, and how many of them are written.
     pub(crate) records: usize,
     pub(crate) written: usize,
-    /// The engine's count of `Key` bucket rewrites at the cut.
+    /// The engine's count of `Key` bucket rewrites at the cut, and which engine it was.
     pub(crate) rewrites: u64,
+    pub(crate) engine: u64,
 }
 
 /// What `Engine::write_snapshot_part` did.

@@ -19,8 +19,9 @@ pub const WAL_QUEUE_BATCHES_MAX: usize = 1024;
 pub const WAL_GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Bytes of zeros the WAL writer writes past the end of the records whenever a write would run
-/// past the zeros already there: the file length then changes once per this many bytes written, not at
-/// every fsync. Also the most zeros recovery reads past the last record of a segment.
+/// past the zeros already there: the file length then changes once per this many bytes
+/// written, not at every fsync. Also the most zeros recovery reads past the last record of a
+/// segment.
 pub const WAL_PREALLOCATE_BYTES: u64 = 1024 * 1024;
 
 /// Buffer between a snapshot being streamed and its file: writes reach the kernel in pieces

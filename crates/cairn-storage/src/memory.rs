@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -38,7 +39,13 @@ pub struct MemoryEngine {
     /// Writes to the `Key` bucket that were not appends (compaction's removals): what makes a
     /// snapshot in parts start again (`SnapshotPart::Moved`).
     key_rewrites: u64,
+    /// Unique in this process: a snapshot cut of another engine (one an installed snapshot
+    /// replaced between two parts) is `Moved` too.
+    id: u64,
 }
+
+/// Source of `MemoryEngine::id`.
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Default for MemoryEngine {
     fn default() -> MemoryEngine {
@@ -57,6 +64,7 @@ impl MemoryEngine {
             buckets: Bucket::ALL.map(map),
             size_bytes: 0,
             key_rewrites: 0,
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -202,6 +210,7 @@ impl Engine for MemoryEngine {
             records,
             written: 0,
             rewrites: self.key_rewrites,
+            engine: self.id,
         }
     }
 
@@ -211,7 +220,7 @@ impl Engine for MemoryEngine {
         out: &mut dyn Write,
         records_max: usize,
     ) -> io::Result<SnapshotPart> {
-        if cut.rewrites != self.key_rewrites {
+        if cut.engine != self.id || cut.rewrites != self.key_rewrites {
             return Ok(SnapshotPart::Moved);
         }
         if cut.written == 0 {
@@ -411,5 +420,20 @@ mod tests {
             }
         });
         assert_eq!((part, parts), (SnapshotPart::Moved, 3));
+    }
+
+    #[test]
+    fn a_snapshot_cut_of_a_replaced_engine_is_moved() {
+        let mut engine = MemoryEngine::new();
+        put_records(&mut engine, 0..100);
+        let mut cut = engine.snapshot_cut();
+        let mut bytes = Vec::new();
+        engine.write_snapshot(&mut bytes).expect("into a Vec");
+        // What installing a snapshot does: the same state, a new engine, no rewrites yet.
+        let installed = MemoryEngine::decode_snapshot(&bytes).expect("decodes");
+        let part = installed
+            .write_snapshot_part(&mut cut, &mut Vec::new(), 10)
+            .expect("into a Vec");
+        assert_eq!(part, SnapshotPart::Moved);
     }
 }

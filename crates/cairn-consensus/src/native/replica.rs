@@ -332,6 +332,13 @@ impl Replica {
         Ok(ProposeReply::Witness { term, ok })
     }
 
+    /// How far this replica applied `client_id`'s commands, and its applied revision read
+    /// after that: a state at the revision holds every command up to the seq.
+    pub fn native_applied(&self, client_id: u64) -> (u64, i64) {
+        let applied_seq = self.native().applied_seq(client_id);
+        (applied_seq, self.inner.shared.store().current_revision())
+    }
+
     /// A weak read at this (bound) replica: waits until it has applied `min_revision`, then
     /// reads its applied state.
     pub async fn native_weak_read(

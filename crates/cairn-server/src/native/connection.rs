@@ -372,10 +372,14 @@ async fn causal_propose(
         return None;
     }
     Some(Outgoing::Now(match proposed {
-        Ok(_) => reply(server_message::Message::CausalReply(curppb::CausalReply {
-            id: Some(id),
-            applied_seq: node.replica().native().applied_seq(client_id),
-        })),
+        Ok(_) => {
+            let (applied_seq, applied_revision) = node.replica().native_applied(client_id);
+            reply(server_message::Message::CausalReply(curppb::CausalReply {
+                id: Some(id),
+                applied_seq,
+                applied_revision,
+            }))
+        }
         Err(failure) => error(
             Some(id),
             0,

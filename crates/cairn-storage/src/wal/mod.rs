@@ -36,8 +36,9 @@
 //! **Preallocation.** Records are written at their offset, not appended, into zeros written
 //! ahead of them (`WAL_PREALLOCATE_BYTES` at a time, with the records that cross into new
 //! space), so the bytes after the last record are zeros. etcd `fallocate`s its WAL instead;
-//! written zeros also spare every later fdatasync the extent conversion of a reserved block. A record never starts with zeros (its
-//! index is >= 1), so where the records stop and only zeros follow, the segment ends cleanly.
+//! written zeros also spare every later fdatasync the extent conversion of a reserved block.
+//! A record never starts with zeros (its index is >= 1), so where the records stop and only
+//! zeros follow, the segment ends cleanly.
 //!
 //! **Durability.** Records reach the disk by `write` + `fdatasync` of the last segment; an
 //! append is reported flushed only after the fdatasync covering it returned. A segment is
