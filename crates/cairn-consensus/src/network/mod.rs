@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use cairn_proto::raftpb;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -25,6 +25,7 @@ use openraft::raft::{
 use thiserror::Error;
 
 use crate::error::WireError;
+use crate::limits::{PEER_BACKOFF_FIRST, PEER_BACKOFF_MAX};
 use crate::removal::Removals;
 use crate::types::{Member, MemberId, TypeConfig};
 use crate::wire;
@@ -154,6 +155,11 @@ fn wrong_kind<E: std::error::Error>() -> RpcError<E> {
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
+    fn backoff(&self) -> Backoff {
+        let doubling = std::iter::successors(Some(PEER_BACKOFF_FIRST), |wait| Some(*wait * 2));
+        Backoff::new(doubling.map(|wait| wait.min(PEER_BACKOFF_MAX)))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
