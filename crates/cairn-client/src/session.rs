@@ -638,18 +638,24 @@ impl Session {
 
 /// Drops the writes the bound replica has applied (seq up to `applied_seq`).
 fn forget_applied(unapplied: &mut BTreeMap<u64, Unapplied>, applied_seq: u64) {
-    while let Some(entry) = unapplied.first_entry() {
-        if *entry.key() > applied_seq {
-            return;
-        }
-        entry.remove();
-    }
+    forget_lowest_while(unapplied, |seq, _| seq <= applied_seq);
 }
 
-/// Drops the writes issued longer than `UNAPPLIED_KEEP` before `now` (the lowest seqs).
+/// Drops the writes issued longer than `UNAPPLIED_KEEP` before `now` (the lowest seqs: seqs
+/// are issued in time order).
 fn forget_stale(unapplied: &mut BTreeMap<u64, Unapplied>, now: Instant) {
+    forget_lowest_while(unapplied, |_, write| {
+        now.duration_since(write.issued) >= UNAPPLIED_KEEP
+    });
+}
+
+/// Drops writes from the lowest seq up while `forget` holds.
+fn forget_lowest_while(
+    unapplied: &mut BTreeMap<u64, Unapplied>,
+    forget: impl Fn(u64, &Unapplied) -> bool,
+) {
     while let Some(entry) = unapplied.first_entry() {
-        if now.duration_since(entry.get().issued) < UNAPPLIED_KEEP {
+        if !forget(*entry.key(), entry.get()) {
             return;
         }
         entry.remove();
