@@ -175,3 +175,44 @@ async fn a_publisher_gives_up_with_an_error_when_no_broker_acknowledges() {
     assert_eq!(publisher.unacked(), 1, "the batch is kept for a retry");
     silent.abort();
 }
+
+/// Threads of this test process whose name starts with `prefix` (Linux names are cut at 15
+/// bytes, so keep prefixes short).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end().starts_with(prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_opened_twice_at_once_is_mapped_once() {
+    // A publisher's hello and the control loop open a new topic at the same moment; two
+    // runtimes of one topic would run two ackers over one ring.
+    let d = dirs();
+    let broker = TestBroker::start(
+        0,
+        &d.shm,
+        &d.data,
+        &topic("base", OrderLevel::Total, AckLevel::Ordered),
+    )
+    .await;
+    let twice = topic("twice", OrderLevel::Total, AckLevel::Ordered);
+    let (a, b) = tokio::join!(
+        broker.broker.add_topic(twice.clone()),
+        broker.broker.add_topic(twice)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    assert_eq!(threads_named("acker-twice"), 1);
+
+    let published = publish_numbered("twice", addresses(&[&broker]), "m", 10, 64).await;
+    assert_eq!(published.unacked(), 0);
+    broker.stop().await;
+    assert_eq!(
+        threads_named("acker-twice"),
+        0,
+        "shutdown stops the topic's acker"
+    );
+}

@@ -56,6 +56,9 @@ pub struct Broker {
     config: BrokerConfig,
     control: Option<Control>,
     topics: RwLock<HashMap<String, Arc<TopicRuntime>>>,
+    /// Held while a topic is opened: a publisher's hello and the control loop both open a
+    /// new topic, and two runtimes of one topic would run two ackers over one ring.
+    opening: tokio::sync::Mutex<()>,
     next_connection: AtomicU32,
 }
 
@@ -70,6 +73,7 @@ impl Broker {
             config,
             control,
             topics: RwLock::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
             next_connection: AtomicU32::new(1),
         }))
     }
@@ -81,6 +85,10 @@ impl Broker {
     /// Maps a topic (creating its shared memory if this broker is first). Pre-faulting can take
     /// a while, so it runs on a blocking thread.
     pub async fn add_topic(&self, config: TopicConfig) -> Result<Arc<TopicRuntime>> {
+        if let Some(topic) = self.local_topic(&config.name) {
+            return Ok(topic);
+        }
+        let _opening = self.opening.lock().await;
         if let Some(topic) = self.local_topic(&config.name) {
             return Ok(topic);
         }
@@ -100,8 +108,12 @@ impl Broker {
         })
         .await
         .map_err(|e| LogError::Protocol(format!("topic open task: {e}")))??;
-        let mut topics = self.topics.write().expect("topics lock");
-        let topic = Arc::clone(topics.entry(topic.config.name.clone()).or_insert(topic));
+        let previous = self
+            .topics
+            .write()
+            .expect("topics lock")
+            .insert(topic.config.name.clone(), Arc::clone(&topic));
+        assert!(previous.is_none(), "a topic is opened once");
         if self.control.is_none() && self.config.id == 0 && topic.config.order.sequenced() {
             topic.start_sequencer(&self.config.data_dir)?;
         }
