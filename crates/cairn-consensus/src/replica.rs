@@ -220,6 +220,7 @@ impl Replica {
             raft.clone(),
             shared.clone(),
             config.snapshot_count,
+            config.member_id,
         ));
         tokio::spawn(crate::joint_config::finish_joint_configs(
             raft.clone(),

@@ -5,18 +5,32 @@
 //! store and replayed on restart — could hold many times `--snapshot-count` requests (a
 //! million puts made ~900 MiB of RSS where the data is ~400). This loop asks openraft for a
 //! snapshot each time that many requests were applied; openraft then purges the log behind it.
+//!
+//! Members apply the same requests, so counted from zero they would all snapshot at once: on
+//! a host (or a disk) they share, three snapshot writes at once stall every member's WAL
+//! fsyncs, and no quorum is left to commit until they end. Each member counts from its own
+//! phase in the interval instead (drawn from its id), so a follower's snapshot leaves the
+//! leader and the other follower a quorum.
 
 use std::sync::Arc;
 
 use crate::state_machine::Replicated;
 use crate::types::Raft;
 
-pub(crate) async fn snapshot_every(raft: Raft, shared: Arc<Replicated>, requests: u64) {
+/// The applied-request count of a member's first snapshot: within the next interval, at its
+/// own phase.
+fn first_due(applied: u64, requests: u64, phase: u64) -> u64 {
+    applied + requests - phase % requests
+}
+
+/// Triggers a snapshot each time `requests` more were applied, the first after
+/// `requests - phase % requests`.
+pub(crate) async fn snapshot_every(raft: Raft, shared: Arc<Replicated>, requests: u64, phase: u64) {
     assert!(requests > 0, "snapshot interval must be positive");
     let mut applied = shared.applied_index();
     // `shared` outlives raft (this task holds it): raft's own metrics end when raft stops.
     let mut raft_state = raft.server_metrics();
-    let mut at_last = shared.requests_applied();
+    let mut due = first_due(shared.requests_applied(), requests, phase);
     loop {
         tokio::select! {
             changed = applied.changed() => if changed.is_err() {
@@ -30,13 +44,36 @@ pub(crate) async fn snapshot_every(raft: Raft, shared: Arc<Replicated>, requests
             }
         }
         let now = shared.requests_applied();
-        if now - at_last < requests {
+        if now < due {
             continue;
         }
-        at_last = now;
+        due = now + requests;
         if raft.trigger().snapshot().await.is_err() {
             // Raft stopped.
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_due;
+
+    #[test]
+    fn members_take_their_first_snapshot_at_their_own_phase_within_one_interval() {
+        let ids = [0x9e37_79b9_7f4a_7c15_u64, 0x3c6e_f372_fe94_f82a, 7];
+        let dues: Vec<u64> = ids.iter().map(|&id| first_due(500, 100_000, id)).collect();
+        for &due in &dues {
+            assert!(
+                due > 500 && due <= 100_500,
+                "{due} outside the next interval"
+            );
+        }
+        assert!(dues[0] != dues[1] && dues[1] != dues[2] && dues[0] != dues[2]);
+        assert_eq!(
+            first_due(500, 100_000, 0),
+            100_500,
+            "phase 0 counts a whole interval"
+        );
     }
 }
