@@ -8,8 +8,6 @@ pub struct SessionConfig {
     pub endpoints: Vec<String>,
     /// Index into `endpoints` of the replica that answers weak operations.
     pub bound: usize,
-    /// The session's client id; `None` draws a random one.
-    pub client_id: Option<u64>,
     /// An unfinished command is resent to every replica this often.
     pub retry: Duration,
     /// An operation gives up after this long.
@@ -25,7 +23,6 @@ impl SessionConfig {
         SessionConfig {
             endpoints,
             bound: 0,
-            client_id: None,
             retry: Duration::from_secs(1),
             timeout: Duration::from_secs(10),
             delay: Duration::ZERO,

@@ -181,6 +181,17 @@ impl Dispatch for State {
 }
 
 impl State {
+    fn new() -> State {
+        State {
+            voters: AtomicUsize::new(0),
+            strong: Mutex::new(HashMap::new()),
+            weak: Mutex::new(HashMap::new()),
+            bound: Mutex::new(HashMap::new()),
+            resend_now: tokio::sync::watch::channel(0).0,
+            gap_resent: Mutex::new(None),
+        }
+    }
+
     fn absorb(&self, id: Option<&curppb::CommandId>, reply: Reply<curppb::Result>) {
         let Some(id) = command_id(id) else {
             return;
@@ -218,7 +229,17 @@ impl State {
                 }
             }
             if let Some(answer) = lock(&self.weak).remove(&id) {
-                let _ = answer.send(Err(refused(error)));
+                // A resent weak write the session has moved past: a later command of this
+                // session applied, and none applies before the unapplied weak writes issued
+                // ahead of it (each names the last one as its dependency), so this one
+                // applied. The replica cannot answer it from its session table, which keeps
+                // only the latest. The answer carries no applied position: the write stays
+                // unapplied (resent, laid over reads) until a later answer shows it applied.
+                let outcome = match error.code == curppb::Code::Stale as i32 {
+                    true => Ok((0, 0)),
+                    false => Err(refused(error)),
+                };
+                let _ = answer.send(outcome);
             }
         } else if let Some(answer) = lock(&self.bound).remove(&error.request_id) {
             let _ = answer.send(Err(refused(error)));
@@ -262,14 +283,7 @@ impl Session {
                 endpoints: config.endpoints.len(),
             });
         }
-        let state = Arc::new(State {
-            voters: AtomicUsize::new(0),
-            strong: Mutex::new(HashMap::new()),
-            weak: Mutex::new(HashMap::new()),
-            bound: Mutex::new(HashMap::new()),
-            resend_now: tokio::sync::watch::channel(0).0,
-            gap_resent: Mutex::new(None),
-        });
+        let state = Arc::new(State::new());
         let links = config
             .endpoints
             .iter()
@@ -282,9 +296,9 @@ impl Session {
                 Link::start(replica, endpoint.clone(), delay, state.clone())
             })
             .collect();
-        let client_id = config
-            .client_id
-            .unwrap_or_else(|| rand::random::<u64>().max(1));
+        // Always drawn, never chosen: replicas know a session only by its id, so two sessions
+        // sharing one would have each other's commands taken for duplicates or for stale.
+        let client_id = rand::random::<u64>().max(1);
         let deadline = Instant::now() + config.timeout;
         while state.voters.load(Ordering::Acquire) == 0 {
             if Instant::now() >= deadline {
@@ -667,4 +681,45 @@ fn validate(op: &Op) -> Result<(), ClientError> {
         code: curppb::Code::InvalidArgument.as_str_name().to_string(),
         message: error.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weak write waiting for its answer, and the receiver of that answer.
+    fn waiting_weak_write(
+        state: &State,
+        seq: u64,
+    ) -> oneshot::Receiver<Result<(i64, u64), ClientError>> {
+        let (answer, done) = oneshot::channel();
+        lock(&state.weak).insert(CommandId { client_id: 9, seq }, answer);
+        done
+    }
+
+    fn refusal(seq: u64, code: curppb::Code) -> curppb::ServerMessage {
+        curppb::ServerMessage {
+            message: Some(server_message::Message::Error(curppb::Error {
+                id: Some(curppb::CommandId { client_id: 9, seq }),
+                request_id: 0,
+                code: code.into(),
+                message: "refused".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_weak_write_refused_as_stale_completes_and_other_refusals_fail_it() {
+        let state = State::new();
+        let mut stale = waiting_weak_write(&state, 4);
+        let mut too_large = waiting_weak_write(&state, 5);
+        state.dispatch(0, refusal(4, curppb::Code::Stale));
+        state.dispatch(0, refusal(5, curppb::Code::TooLarge));
+        assert_eq!(stale.try_recv().expect("answered"), Ok((0, 0)));
+        assert!(matches!(
+            too_large.try_recv().expect("answered"),
+            Err(ClientError::Refused { code, .. }) if code == "TOO_LARGE"
+        ));
+        assert!(lock(&state.weak).is_empty());
+    }
 }

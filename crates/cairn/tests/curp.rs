@@ -691,17 +691,16 @@ async fn emulated_wide_area_latency_shows_one_rtt_fast_path_and_two_rtt_slow_pat
         .iter()
         .map(|m| m.native_endpoint())
         .collect();
-    let connect = |client_id| {
+    let connect = || {
         Session::connect(SessionConfig {
             bound,
-            client_id: Some(client_id),
             delay: ONE_WAY,
             ..SessionConfig::new(endpoints.clone())
         })
     };
     let (first, second) = (
-        connect(1).await.expect("session"),
-        connect(2).await.expect("session"),
+        connect().await.expect("session"),
+        connect().await.expect("session"),
     );
 
     let mut fast = Vec::new();
@@ -750,7 +749,7 @@ async fn emulated_wide_area_latency_shows_one_rtt_fast_path_and_two_rtt_slow_pat
         );
     }
 
-    let weak = connect(3).await.expect("session");
+    let weak = connect().await.expect("session");
     let mut weak_latencies = Vec::new();
     for i in 0..10 {
         let started = tokio::time::Instant::now();
