@@ -68,6 +68,17 @@ impl Control {
             .transpose()
     }
 
+    /// Succeeds once a member answers, with or without a leader (a serializable count of the
+    /// topics: nothing to decode, nothing that waits for an election).
+    pub async fn ping(&self) -> Result<()> {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_count_only()
+            .with_serializable();
+        self.client.clone().get(TOPICS, Some(options)).await?;
+        Ok(())
+    }
+
     pub async fn topics(&self) -> Result<Vec<TopicConfig>> {
         let response = self
             .client

@@ -63,11 +63,16 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker; with control-plane endpoints, only once the control plane answers.
     pub async fn new(config: BrokerConfig) -> Result<Arc<Broker>> {
         let control = if config.endpoints.is_empty() {
             None
         } else {
-            Some(Control::connect(&config.endpoints).await?)
+            let control = Control::connect(&config.endpoints).await?;
+            // The client connects lazily: ask once, so a broker whose control plane does not
+            // answer fails here, with the reason, instead of warning from its control loop.
+            control.ping().await?;
+            Some(control)
         };
         Ok(Arc::new(Broker {
             config,
