@@ -10,6 +10,13 @@ pub enum ClientError {
     /// `bound` does not name one of the endpoints.
     #[error("bound replica {bound} is not among the {endpoints} endpoints")]
     BadBound { bound: usize, endpoints: usize },
+    /// An operation's timeout must end before the session forgets its unapplied writes: a
+    /// weak write still waiting then would lose its place in the session's causal order.
+    #[error("timeout {timeout:?} is not shorter than {max:?}")]
+    BadTimeout {
+        timeout: std::time::Duration,
+        max: std::time::Duration,
+    },
     /// The replicas refused the request (the protocol's error code and message).
     #[error("{code}: {message}")]
     Refused { code: String, message: String },

@@ -283,6 +283,12 @@ impl Session {
                 endpoints: config.endpoints.len(),
             });
         }
+        if config.timeout >= UNAPPLIED_KEEP {
+            return Err(ClientError::BadTimeout {
+                timeout: config.timeout,
+                max: UNAPPLIED_KEEP,
+            });
+        }
         let state = Arc::new(State::new());
         let links = config
             .endpoints
@@ -721,5 +727,19 @@ mod tests {
             Err(ClientError::Refused { code, .. }) if code == "TOO_LARGE"
         ));
         assert!(lock(&state.weak).is_empty());
+    }
+
+    #[test]
+    fn a_timeout_past_the_unapplied_keep_is_refused_before_connecting() {
+        let config = SessionConfig {
+            timeout: UNAPPLIED_KEEP,
+            ..SessionConfig::new(vec!["127.0.0.1:1".into()])
+        };
+        let refused = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(Session::connect(config));
+        assert!(matches!(refused, Err(ClientError::BadTimeout { .. })));
     }
 }

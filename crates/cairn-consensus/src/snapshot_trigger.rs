@@ -9,8 +9,9 @@
 //! Members apply the same requests, so counted from zero they would all snapshot at once: on
 //! a host (or a disk) they share, three snapshot writes at once stall every member's WAL
 //! fsyncs, and no quorum is left to commit until they end. Each member counts from its own
-//! phase in the interval instead (drawn from its id), so a follower's snapshot leaves the
-//! leader and the other follower a quorum.
+//! phase in the interval instead (drawn from its id: random ids spread the phases, though two
+//! may fall close), so a follower's snapshot usually leaves the leader and the other follower
+//! a quorum.
 
 use std::sync::Arc;
 
@@ -20,7 +21,16 @@ use crate::types::Raft;
 /// The applied-request count of a member's first snapshot: within the next interval, at its
 /// own phase.
 fn first_due(applied: u64, requests: u64, phase: u64) -> u64 {
-    applied + requests - phase % requests
+    applied.saturating_add(requests - phase % requests)
+}
+
+/// The next snapshot's count once `now` reached `due`: the first point of the member's grid
+/// past `now`. Not `now + requests`: the overshoot of each trigger would add up and let the
+/// members' phases drift back together.
+fn next_due(due: u64, now: u64, requests: u64) -> u64 {
+    debug_assert!(now >= due, "a snapshot is triggered only once due");
+    let intervals_passed = (now - due) / requests + 1;
+    due.saturating_add(intervals_passed.saturating_mul(requests))
 }
 
 /// Triggers a snapshot each time `requests` more were applied, the first after
@@ -47,7 +57,7 @@ pub(crate) async fn snapshot_every(raft: Raft, shared: Arc<Replicated>, requests
         if now < due {
             continue;
         }
-        due = now + requests;
+        due = next_due(due, now, requests);
         if raft.trigger().snapshot().await.is_err() {
             // Raft stopped.
             return;
@@ -57,7 +67,7 @@ pub(crate) async fn snapshot_every(raft: Raft, shared: Arc<Replicated>, requests
 
 #[cfg(test)]
 mod tests {
-    use super::first_due;
+    use super::{first_due, next_due};
 
     #[test]
     fn members_take_their_first_snapshot_at_their_own_phase_within_one_interval() {
@@ -75,5 +85,18 @@ mod tests {
             100_500,
             "phase 0 counts a whole interval"
         );
+    }
+
+    #[test]
+    fn later_snapshots_stay_on_the_members_grid() {
+        assert_eq!(next_due(100, 100, 50), 150);
+        assert_eq!(
+            next_due(100, 130, 50),
+            150,
+            "an overshoot does not shift the grid"
+        );
+        assert_eq!(next_due(100, 260, 50), 300, "missed points are skipped");
+        assert_eq!(next_due(u64::MAX - 10, u64::MAX - 5, 50), u64::MAX);
+        assert_eq!(first_due(u64::MAX - 1, 100, 3), u64::MAX);
     }
 }

@@ -186,6 +186,20 @@ fn threads_named(prefix: &str) -> usize {
         .count()
 }
 
+/// Waits (up to 5 s) until `threads_named(prefix)` is `count`: a new thread names itself from
+/// inside, and a joined one leaves `/proc` a moment later.
+async fn expect_threads_named(prefix: &str, count: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while threads_named(prefix) != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} threads named {prefix}*, expected {count}",
+            threads_named(prefix)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_opened_twice_at_once_is_mapped_once() {
     // A publisher's hello and the control loop open a new topic at the same moment; two
@@ -205,14 +219,11 @@ async fn a_topic_opened_twice_at_once_is_mapped_once() {
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(std::sync::Arc::ptr_eq(&a, &b));
-    assert_eq!(threads_named("acker-twice"), 1);
+    expect_threads_named("acker-twice", 1).await;
 
     let published = publish_numbered("twice", addresses(&[&broker]), "m", 10, 64).await;
     assert_eq!(published.unacked(), 0);
     broker.stop().await;
-    assert_eq!(
-        threads_named("acker-twice"),
-        0,
-        "shutdown stops the topic's acker"
-    );
+    // Shutdown stops the topic's acker.
+    expect_threads_named("acker-twice", 0).await;
 }

@@ -15,6 +15,11 @@ use cairn_log::control::Control;
 use cairn_log::topic::{AckLevel, OrderLevel, TopicConfig};
 use clap::{Args, Parser, Subcommand};
 
+/// How often the embedded broker asks whether its member answers yet.
+const EMBEDDED_WAIT_RETRY: Duration = Duration::from_millis(200);
+/// Every this many unanswered asks (10 s), the wait is logged at info level.
+const EMBEDDED_WAIT_REPORT_EVERY: u32 = 50;
+
 #[derive(Subcommand, Debug)]
 pub enum LogCommand {
     /// Run a broker process (brokers on one host share the topics' memory under --shm).
@@ -397,8 +402,8 @@ pub fn default_shm_dir(data_dir: &std::path::Path) -> PathBuf {
 }
 
 impl EmbeddedBroker {
-    /// Runs until `stopped` turns true. Never fails the member: a taken port or an unreachable
-    /// member is logged and the broker stays off.
+    /// Runs until `stopped` turns true. Never fails the member: a taken port is logged and the
+    /// broker stays off; an unreachable member is waited for.
     pub async fn run(self, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let listener = match tokio::net::TcpListener::bind(&self.listen).await {
             Ok(listener) => listener,
@@ -418,20 +423,25 @@ impl EmbeddedBroker {
             endpoints: vec![self.endpoint],
             lease_ttl_s: 3,
         };
-        // The member's client port opens a moment after this task starts.
-        let mut attempts = 0;
+        // The member's client port opens once it has replayed its data and published itself
+        // (which waits for a quorum up to a few election timeouts): wait for it as long as the
+        // member runs, saying so now and then.
+        let mut attempts = 0u32;
         let broker = loop {
             match Broker::new(config.clone()).await {
                 Ok(broker) => break broker,
-                Err(e) if attempts < 50 => {
-                    attempts += 1;
-                    tracing::debug!("embedded log broker waiting for the member: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
                 Err(e) => {
-                    tracing::warn!("embedded log broker disabled: {e}");
-                    return;
+                    attempts += 1;
+                    if attempts % EMBEDDED_WAIT_REPORT_EVERY == 0 {
+                        tracing::info!("embedded log broker still waiting for the member: {e}");
+                    } else {
+                        tracing::debug!("embedded log broker waiting for the member: {e}");
+                    }
                 }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(EMBEDDED_WAIT_RETRY) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
             }
         };
         let shutdown = async move {
