@@ -44,6 +44,14 @@ enum BoundAnswer {
 const UNAPPLIED_KEEP: std::time::Duration =
     std::time::Duration::from_millis(cairn_consensus::limits::CURP_SESSION_IDLE_MS / 2);
 
+/// When a session last resent all its unapplied weak writes, and for which bump of
+/// `resend_now`.
+#[derive(Default)]
+struct BulkResend {
+    at: Option<Instant>,
+    generation: u64,
+}
+
 /// A causal-gap refusal resends what is in flight at most this often: every in-flight
 /// operation answers a bump by resending all unapplied weak writes, and a gap the leader
 /// cannot fill at once (its pool full, say) must not turn that into a loop at network speed.
@@ -259,6 +267,11 @@ pub struct Session {
     send_order: tokio::sync::Mutex<()>,
     next_seq: AtomicU64,
     next_request: AtomicU64,
+    /// Weak writes sent again (by retries, gap refusals and new leaders), for diagnostics.
+    weak_resends: AtomicU64,
+    /// The session's last resend of all its unapplied weak writes; held while one is sent,
+    /// so an operation that skips it sends its own command after it.
+    bulk_resent: tokio::sync::Mutex<BulkResend>,
     /// Seq of the latest weak write: the next command's `causal_dep`.
     last_weak: AtomicU64,
     /// Seq of the latest write, strong or weak (what `flush` waits for).
@@ -320,6 +333,8 @@ impl Session {
             send_order: tokio::sync::Mutex::new(()),
             next_seq: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
+            weak_resends: AtomicU64::new(0),
+            bulk_resent: tokio::sync::Mutex::new(BulkResend::default()),
             last_weak: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
             min_revision: AtomicI64::new(0),
@@ -390,10 +405,12 @@ impl Session {
         drop(order);
         // Retries resend every unapplied weak write, this one included, in seq order; this one
         // alone if a weak read showed it applied meanwhile (the bound replica answers it from
-        // its session table).
+        // its session table), or if the session's last resend of them all was recent (it
+        // went ahead of this one on every link, but may have started before this write).
         let resend = || async {
-            self.resend_weak_writes().await;
-            if !lock(&self.unapplied).contains_key(&command.id.seq) {
+            let resent_all = self.resend_weak_writes().await;
+            if !resent_all || !lock(&self.unapplied).contains_key(&command.id.seq) {
+                self.weak_resends.fetch_add(1, Ordering::Relaxed);
                 self.send_causal(&to_bound, &to_others).await;
             }
         };
@@ -418,6 +435,12 @@ impl Session {
         lock(&self.unapplied).len()
     }
 
+    /// Weak writes this session has sent again so far (each resend counts once, whatever
+    /// number of replicas it went to).
+    pub fn weak_resends(&self) -> u64 {
+        self.weak_resends.load(Ordering::Relaxed)
+    }
+
     /// Waits until the bound replica has applied every command this session issued (the
     /// durability point of weak writes). Resends unapplied weak writes while it waits.
     pub async fn flush(&self) -> Result<(), ClientError> {
@@ -433,7 +456,9 @@ impl Session {
             seq,
         }));
         let answer = self
-            .ask_bound(request_id, &message, || self.resend_weak_writes())
+            .ask_bound(request_id, &message, || async {
+                self.resend_weak_writes().await;
+            })
             .await?;
         if let BoundAnswer::Flushed(flushed) = answer {
             self.saw(flushed.applied_revision, seq);
@@ -508,7 +533,22 @@ impl Session {
         }
     }
 
-    async fn resend_weak_writes(&self) {
+    /// Resends every unapplied weak write, in seq order, unless the session did so within the
+    /// last retry period for the same `resend_now` generation: the in-flight operations all
+    /// call this on their retry timers and on every bump, and each would otherwise resend the
+    /// whole set (measured: 1 M weak writes with 200 in flight sent 11.6 M resends, each
+    /// `BUSY` from a lagging bound replica resending ~20 k writes). Returns whether it sent.
+    async fn resend_weak_writes(&self) -> bool {
+        let mut bulk = self.bulk_resent.lock().await;
+        let generation = *self.state.resend_now.borrow();
+        let recent = bulk.at.is_some_and(|at| at.elapsed() < self.config.retry);
+        if recent && bulk.generation == generation {
+            return false;
+        }
+        *bulk = BulkResend {
+            at: Some(Instant::now()),
+            generation,
+        };
         let weak: Vec<Command> = {
             let mut unapplied = lock(&self.unapplied);
             forget_stale(&mut unapplied, Instant::now());
@@ -519,10 +559,14 @@ impl Session {
                 .cloned()
                 .collect()
         };
+        self.weak_resends
+            .fetch_add(weak.len() as u64, Ordering::Relaxed);
         for command in weak {
             let (to_bound, to_others) = self.causal_frames(&command);
             self.send_causal(&to_bound, &to_others).await;
         }
+        drop(bulk);
+        true
     }
 
     async fn weak_read(&self, op: Op) -> Result<Outcome, ClientError> {

@@ -589,6 +589,72 @@ async fn a_session_that_only_writes_weakly_keeps_only_its_unapplied_writes() {
     );
 }
 
+/// Operations waiting on a silent bound replica share one resend of the session's unapplied
+/// weak writes per retry period, instead of each resending the whole set (with many writes in
+/// flight and a lagging replica, that grew into millions of messages and timed writes out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_operations_share_one_resend_of_the_unapplied_weak_writes_per_retry_period() {
+    const RETRY: Duration = Duration::from_millis(200);
+    const IN_FLIGHT: u64 = 20;
+    let _serial = SERIAL.lock().await;
+    let cluster = CairnCluster::start(3).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let bound = (leader + 1) % 3;
+    let endpoints = cluster
+        .members
+        .iter()
+        .map(|m| m.native_endpoint())
+        .collect();
+    let session = std::sync::Arc::new(
+        Session::connect(SessionConfig {
+            bound,
+            retry: RETRY,
+            ..SessionConfig::new(endpoints)
+        })
+        .await
+        .expect("native session"),
+    );
+
+    cluster.pause(bound);
+    let started = tokio::time::Instant::now();
+    let writes: Vec<_> = (0..IN_FLIGHT)
+        .map(|index| {
+            let session = session.clone();
+            tokio::spawn(async move { session.weak(put(&format!("paused-{index}"), "x")).await })
+        })
+        .collect();
+    // Five retry periods with every write unanswered.
+    tokio::time::sleep(RETRY * 5).await;
+    let resent = session.weak_resends();
+    let periods = (started.elapsed().as_millis() / RETRY.as_millis()) as u64 + 1;
+    cluster.resume(bound);
+    // Each period: the set once, plus each waiting write's own copy.
+    let most = periods * 2 * IN_FLIGHT;
+    assert!(
+        resent > 0,
+        "nothing was resent while the bound replica was silent"
+    );
+    assert!(
+        resent <= most,
+        "{resent} weak writes resent in {periods} retry periods with {IN_FLIGHT} waiting (at most {most})"
+    );
+    for write in writes {
+        write
+            .await
+            .expect("write task")
+            .expect("a weak write completes once its bound replica answers");
+    }
+    // The resumed member may have campaigned: strong reads retry until someone leads.
+    for index in 0..IN_FLIGHT {
+        let read = session
+            .strong(get(&format!("paused-{index}")))
+            .await
+            .expect("strong read");
+        let values: Vec<&[u8]> = read.result.kvs.iter().map(|kv| &kv.value[..]).collect();
+        assert_eq!(values, [b"x"], "paused-{index}");
+    }
+}
+
 /// A write sent while there is no leader completes as soon as the new leader serves: the new
 /// leader announces itself (`Serving`) and the session resends at once. The retry timer is set
 /// far beyond the test, so only the announcement can finish the write in time.

@@ -124,6 +124,8 @@ pub struct CurpReport {
     pub errors: u64,
     /// Errors by message, so a run says what went wrong.
     pub error_kinds: std::collections::BTreeMap<String, u64>,
+    /// Weak writes the sessions sent again (retries, gap refusals, new leaders).
+    pub weak_resends: u64,
     pub strong: ReadWrite,
     pub weak: ReadWrite,
     /// Operations completed in each second of the run.
@@ -259,6 +261,7 @@ pub async fn run(args: &CurpBenchArgs) -> Result<CurpReport, CurpBenchError> {
         slow_path: samples.slow,
         errors: samples.errors,
         error_kinds: samples.error_kinds.clone(),
+        weak_resends: sessions.iter().map(|s| s.weak_resends()).sum(),
         strong: ReadWrite {
             read: class_latency(&samples.classes[Class::StrongRead as usize]),
             write: class_latency(&samples.classes[Class::StrongWrite as usize]),
