@@ -220,7 +220,6 @@ impl Replica {
             raft.clone(),
             shared.clone(),
             config.snapshot_count,
-            config.member_id,
         ));
         tokio::spawn(crate::joint_config::finish_joint_configs(
             raft.clone(),
