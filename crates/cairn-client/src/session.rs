@@ -142,21 +142,14 @@ impl Dispatch for State {
                     ok: witness.ok,
                 },
             ),
-            Message::SyncReply(sync) => {
-                // A weak write retried after it applied is answered from the session table.
-                if let Some(id) = command_id(sync.id.as_ref()) {
-                    if let Some(answer) = lock(&self.weak).remove(&id) {
-                        let _ = answer.send(Ok((0, 0)));
-                        return;
-                    }
-                }
-                self.absorb(
-                    sync.id.as_ref(),
-                    Reply::Sync {
-                        result: sync.result.unwrap_or_default(),
-                    },
-                )
-            }
+            // Only strong proposals get sync replies: a weak write is answered by a
+            // `CausalReply` (or an error) whatever the bound replica made of it.
+            Message::SyncReply(sync) => self.absorb(
+                sync.id.as_ref(),
+                Reply::Sync {
+                    result: sync.result.unwrap_or_default(),
+                },
+            ),
             Message::CausalReply(causal) => {
                 if let Some(id) = command_id(causal.id.as_ref()) {
                     if let Some(answer) = lock(&self.weak).remove(&id) {
