@@ -23,7 +23,8 @@
 //! it. Replicas keep the causal barrier with it: the leader orders a command only after that
 //! write (else it refuses with `CAUSAL_GAP`), and no member applies one over a gap. The
 //! session answers `CAUSAL_GAP`, like a leader change, by resending its unapplied weak
-//! writes in seq order, then whatever is in flight; every retry does the same.
+//! writes in seq order, then whatever is in flight; retries do the same, the session's
+//! operations sharing one resend of the whole set per retry period.
 //!
 //! A retry timer (default 1 s) resends an unfinished command to every replica; a replica
 //! that applied it answers from its session table (exactly once). Leader changes need

@@ -50,11 +50,14 @@ const UNAPPLIED_KEEP: std::time::Duration =
 struct BulkResend {
     at: Option<Instant>,
     generation: u64,
+    /// The highest seq resent since then: within the period only later writes go again.
+    through: u64,
 }
 
 /// A causal-gap refusal resends what is in flight at most this often: every in-flight
-/// operation answers a bump by resending all unapplied weak writes, and a gap the leader
-/// cannot fill at once (its pool full, say) must not turn that into a loop at network speed.
+/// operation answers a bump by resending (the session's one resend of all unapplied weak
+/// writes, then its own command), and a gap the leader cannot fill at once (its pool full,
+/// say) must not turn that into a loop at network speed.
 const GAP_RESEND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A write of the session the bound replica has not shown applied, and when it was issued.
@@ -396,13 +399,12 @@ impl Session {
         let (to_bound, to_others) = self.causal_frames(&command);
         self.send_causal(&to_bound, &to_others).await;
         drop(order);
-        // Retries resend every unapplied weak write, this one included, in seq order; this one
+        // Retries resend the unapplied weak writes, this one included, in seq order; this one
         // alone if a weak read showed it applied meanwhile (the bound replica answers it from
-        // its session table), or if the session's last resend of them all was recent (it
-        // went ahead of this one on every link, but may have started before this write).
+        // its session table).
         let resend = || async {
-            let resent_all = self.resend_weak_writes().await;
-            if !resent_all || !lock(&self.unapplied).contains_key(&command.id.seq) {
+            let through = self.resend_weak_writes().await;
+            if command.id.seq > through || !lock(&self.unapplied).contains_key(&command.id.seq) {
                 self.weak_resends.fetch_add(1, Ordering::Relaxed);
                 self.send_causal(&to_bound, &to_others).await;
             }
@@ -526,40 +528,44 @@ impl Session {
         }
     }
 
-    /// Resends every unapplied weak write, in seq order, unless the session did so within the
-    /// last retry period for the same `resend_now` generation: the in-flight operations all
-    /// call this on their retry timers and on every bump, and each would otherwise resend the
-    /// whole set (measured: 1 M weak writes with 200 in flight sent 11.6 M resends, each
-    /// `BUSY` from a lagging bound replica resending ~20 k writes). Returns whether it sent.
-    async fn resend_weak_writes(&self) -> bool {
+    /// Resends every unapplied weak write, in seq order, once per retry period and once per
+    /// `resend_now` generation; in between, only those issued since (above `through`). The
+    /// in-flight operations all call this on their retry timers and on every bump, and each
+    /// resending the whole set made a storm (measured: 1 M weak writes with 200 in flight sent
+    /// 11.6 M resends, each `BUSY` from a lagging bound replica ~20 k of them). Held locked
+    /// while the writes are queued, so a caller's own command goes after them on every link.
+    /// Returns the highest seq resent within the period: writes up to it need no resend now.
+    async fn resend_weak_writes(&self) -> u64 {
         let mut bulk = self.bulk_resent.lock().await;
         let generation = *self.state.resend_now.borrow();
         let recent = bulk.at.is_some_and(|at| at.elapsed() < self.config.retry);
-        if recent && bulk.generation == generation {
-            return false;
-        }
-        *bulk = BulkResend {
-            at: Some(Instant::now()),
-            generation,
-        };
+        let whole = !(recent && bulk.generation == generation);
+        let after = if whole { 0 } else { bulk.through };
         let weak: Vec<Command> = {
             let mut unapplied = lock(&self.unapplied);
             forget_stale(&mut unapplied, Instant::now());
             unapplied
-                .values()
-                .map(|unapplied| &unapplied.command)
+                .range(after + 1..)
+                .map(|(_, unapplied)| &unapplied.command)
                 .filter(|command| command.consistency == Consistency::Weak)
                 .cloned()
                 .collect()
         };
         self.weak_resends
             .fetch_add(weak.len() as u64, Ordering::Relaxed);
+        let last = weak.last().map_or(0, |command| command.id.seq);
         for command in weak {
             let (to_bound, to_others) = self.causal_frames(&command);
             self.send_causal(&to_bound, &to_others).await;
         }
-        drop(bulk);
-        true
+        // The period starts once the writes are queued: a whole resend slower than a retry
+        // period (a stalled link) must not let the next caller start another right away.
+        if whole {
+            bulk.at = Some(Instant::now());
+            bulk.generation = generation;
+        }
+        bulk.through = bulk.through.max(last);
+        bulk.through
     }
 
     async fn weak_read(&self, op: Op) -> Result<Outcome, ClientError> {
@@ -776,7 +782,12 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime")
-            .block_on(Session::connect(config));
+            .block_on(async {
+                // Without the check, connect would wait out the whole timeout for a voter.
+                tokio::time::timeout(std::time::Duration::from_secs(5), Session::connect(config))
+                    .await
+            })
+            .expect("refused at once");
         assert!(matches!(refused, Err(ClientError::BadTimeout { .. })));
     }
 }
