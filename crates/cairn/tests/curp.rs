@@ -44,15 +44,19 @@ fn values(result: &curppb::Result) -> Vec<String> {
         .collect()
 }
 
-async fn session(cluster: &CairnCluster, bound: usize) -> Session {
-    let endpoints = cluster
+/// Every member's native address, in member order.
+fn native_endpoints(cluster: &CairnCluster) -> Vec<String> {
+    cluster
         .members
         .iter()
         .map(|m| m.native_endpoint())
-        .collect();
+        .collect()
+}
+
+async fn session(cluster: &CairnCluster, bound: usize) -> Session {
     Session::connect(SessionConfig {
         bound,
-        ..SessionConfig::new(endpoints)
+        ..SessionConfig::new(native_endpoints(cluster))
     })
     .await
     .expect("native session")
@@ -600,11 +604,7 @@ async fn waiting_operations_share_one_resend_of_the_unapplied_weak_writes_per_re
     let cluster = CairnCluster::start(3).await;
     let leader = cluster.leader(LEADER_WAIT).await;
     let bound = (leader + 1) % 3;
-    let endpoints = cluster
-        .members
-        .iter()
-        .map(|m| m.native_endpoint())
-        .collect();
+    let endpoints = native_endpoints(&cluster);
     let session = std::sync::Arc::new(
         Session::connect(SessionConfig {
             bound,
@@ -670,11 +670,7 @@ async fn a_new_leader_announces_itself_and_in_flight_writes_finish_without_the_r
         let raw = Raw::connect(&cluster.members[index].native_endpoint()).await;
         survivors.push((index, raw));
     }
-    let endpoints = cluster
-        .members
-        .iter()
-        .map(|m| m.native_endpoint())
-        .collect();
+    let endpoints = native_endpoints(&cluster);
     let session = Session::connect(SessionConfig {
         bound: follower,
         retry: RETRY,
@@ -752,11 +748,7 @@ async fn emulated_wide_area_latency_shows_one_rtt_fast_path_and_two_rtt_slow_pat
     .await;
     let leader = cluster.leader(LEADER_WAIT).await;
     let bound = (leader + 1) % 3;
-    let endpoints: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.native_endpoint())
-        .collect();
+    let endpoints = native_endpoints(&cluster);
     let connect = || {
         Session::connect(SessionConfig {
             bound,
