@@ -63,18 +63,31 @@ async fn session(cluster: &CairnCluster, bound: usize) -> Session {
 }
 
 /// What the etcd API of member `index` holds under `key`.
+/// A linearizable read: while the survivors of a kill still elect (the read's ReadIndex then
+/// times out, `Unavailable`), it is retried for up to 10 s.
 async fn etcd_value(cluster: &CairnCluster, index: usize, key: &str) -> Option<String> {
     let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::new(
         common::channel(&cluster.members[index].endpoint()).await,
     );
-    let response = kv
-        .range(RangeRequest {
-            key: key.as_bytes().to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("etcd range")
-        .into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let read = kv
+            .range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await;
+        match read {
+            Ok(response) => break response.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("etcd range: {status}"),
+        }
+    };
     response
         .kvs
         .first()
