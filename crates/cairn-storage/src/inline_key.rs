@@ -9,6 +9,7 @@
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
 /// Longest key kept inline: what fits beside the length and the enum tag in 24 bytes.
@@ -88,6 +89,14 @@ impl PartialEq for InlineKey {
 
 impl Eq for InlineKey {}
 
+/// Hashes the bytes as `[u8]` does, so that hash maps keyed by `InlineKey` find a key from its
+/// byte slice (`Borrow` requires equal hashes).
+impl Hash for InlineKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
 impl PartialOrd for InlineKey {
     fn partial_cmp(&self, other: &InlineKey) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -110,6 +119,7 @@ impl fmt::Debug for InlineKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::hash::BuildHasher;
 
     #[test]
     fn short_keys_are_inline_and_every_key_keeps_its_bytes_and_order() {
@@ -126,6 +136,8 @@ mod tests {
             assert_eq!(inline.as_bytes(), &key[..]);
             assert_eq!(InlineKey::from(&key[..]), inline);
             assert_eq!(inline.clone().into_boxed(), *key);
+            let hasher = std::collections::hash_map::RandomState::new();
+            assert_eq!(hasher.hash_one(&inline), hasher.hash_one(&key[..]));
             for other in &keys {
                 assert_eq!(inline.cmp(&InlineKey::from(other.clone())), key.cmp(other));
             }

@@ -8,7 +8,7 @@ use cairn_consensus::native::replica::{NativeError, ProposeReply};
 use cairn_consensus::native::{command_from_pb, id_to_pb, InvalidCommand, SyncError};
 use cairn_proto::curppb::{self, client_message, server_message, Code};
 use cairn_proto::framing;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -153,6 +153,11 @@ async fn write_replies(mut write: OwnedWriteHalf, mut receiver: mpsc::Receiver<O
         }
         while let Ok(outgoing) = receiver.try_recv() {
             take(outgoing, &mut buffer, &mut later);
+        }
+        // Replies that resolved together (one applied batch completes many) go in the same
+        // write too, not one write each on the next turns of the loop.
+        while let Some(Some(message)) = later.next().now_or_never() {
+            framing::encode(&message, &mut buffer);
         }
         if buffer.is_empty() {
             continue;
