@@ -27,6 +27,7 @@ pub enum InlineKey {
 const _: () = assert!(std::mem::size_of::<InlineKey>() == 24);
 
 impl InlineKey {
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             InlineKey::Inline { len, bytes } => &bytes[..*len as usize],
@@ -68,6 +69,7 @@ impl From<&[u8]> for InlineKey {
 /// Maps keyed by `InlineKey` are searched with plain byte slices; `Ord` below is byte order,
 /// as `Borrow` requires.
 impl Borrow<[u8]> for InlineKey {
+    #[inline]
     fn borrow(&self) -> &[u8] {
         self.as_bytes()
     }
@@ -76,12 +78,14 @@ impl Borrow<[u8]> for InlineKey {
 impl Deref for InlineKey {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.as_bytes()
     }
 }
 
 impl PartialEq for InlineKey {
+    #[inline]
     fn eq(&self, other: &InlineKey) -> bool {
         self.as_bytes() == other.as_bytes()
     }
@@ -92,6 +96,7 @@ impl Eq for InlineKey {}
 /// Hashes the bytes as `[u8]` does, so that hash maps keyed by `InlineKey` find a key from its
 /// byte slice (`Borrow` requires equal hashes).
 impl Hash for InlineKey {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_bytes().hash(state);
     }
@@ -105,6 +110,7 @@ impl PartialOrd for InlineKey {
 
 /// Byte order, whichever way each side is stored.
 impl Ord for InlineKey {
+    #[inline]
     fn cmp(&self, other: &InlineKey) -> Ordering {
         self.as_bytes().cmp(other.as_bytes())
     }

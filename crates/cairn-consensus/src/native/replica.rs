@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_mvcc::KvStore;
@@ -11,7 +12,7 @@ use cairn_proto::cairnpb::internal_request::Request;
 use cairn_proto::cairnpb::InternalRequest;
 use cairn_proto::curppb::{self, op};
 use prost::Message;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::convert::{command_to_pb, op_to_pb, InvalidCommand};
 use super::{lock, NativeState, SyncError, SyncResult};
@@ -138,11 +139,13 @@ impl Replica {
             self.entry_request(&command, now_unix_ms, max_bytes)?;
             return self.witness(command, term);
         }
-        let mut serving = self.native().serving.subscribe();
-        let recovered = serving.wait_for(|serving| *serving == term);
-        match tokio::time::timeout(self.inner.request_timeout, recovered).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return Err(NativeError::NotReady),
+        let serving = self.native().serving.subscribe();
+        if !wait_until(serving, self.inner.request_timeout, |serving| {
+            *serving == term
+        })
+        .await
+        {
+            return Err(NativeError::NotReady);
         }
         self.order(command, term, sole_voter, now_unix_ms, max_bytes)
     }
@@ -350,11 +353,10 @@ impl Replica {
         if matches!(op, op::Op::Put(_) | op::Op::Delete(_)) {
             return Err(NativeError::WeakReadOfWrite);
         }
-        let mut revisions = self.inner.shared.revisions();
-        let caught_up = revisions.wait_for(|revision| *revision >= min_revision);
-        match tokio::time::timeout(self.inner.request_timeout, caught_up).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return Err(NativeError::Timeout),
+        let revisions = self.inner.shared.revisions();
+        let timeout = self.inner.request_timeout;
+        if !wait_until(revisions, timeout, |revision| *revision >= min_revision).await {
+            return Err(NativeError::Timeout);
         }
         let store = self.inner.shared.store();
         let result = store
@@ -388,6 +390,25 @@ impl Replica {
 }
 
 /// The answer for a command the session table knows: `None` if it is new.
+/// Waits, up to `timeout`, until the watched value satisfies `ready`; false when it did not
+/// in time or the sender went away. Nearly every command finds it satisfied already and then
+/// arms no timer: a timer entry is inserted into and removed from tokio's wheel under a lock,
+/// on the path of every native command.
+async fn wait_until<T>(
+    mut receiver: watch::Receiver<T>,
+    timeout: Duration,
+    ready: impl FnMut(&T) -> bool,
+) -> bool {
+    let mut ready = ready;
+    if ready(&receiver.borrow()) {
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(timeout, receiver.wait_for(ready)).await,
+        Ok(Ok(_))
+    )
+}
+
 fn applied_before(
     check: SessionCheck,
     command: &Command,
