@@ -67,14 +67,17 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Histories live in a hash map and the key order in a B-tree beside it. Most requests name
 /// one key (every put, and most gets), and a B-tree descent costs a cache miss per level and
 /// a comparison per key passed: with a million keys it was the part of a request that grew
-/// with the store (`TreeIndex::visit` and `put` 3.3 % → 5.5 % of all CPU between the first
-/// and last quarter of a 30 s CURP-HO run). A hash probe costs the same at any size; ranges
-/// walk the ordered keys and probe the map for each.
+/// with the store (`TreeIndex::visit` and `put` 3.0 % → 5.5 % of all CPU between the first
+/// and last quarter of a 30 s CURP-HO run). A hash probe does not lengthen as the store grows;
+/// ranges walk the ordered keys and probe the map for each (see docs/perf/curp.md, stop 23,
+/// for what this costs in memory).
 #[derive(Debug, Default)]
 pub struct TreeIndex {
     /// Keys up to 22 bytes are stored inline in the slot: no heap block, and the probe
-    /// compares bytes it has already loaded.
-    histories: HashMap<InlineKey, KeyIndex, foldhash::fast::RandomState>,
+    /// compares bytes it has already loaded. std's keyed SipHash, not a faster unkeyed-grade
+    /// hash: keys come from clients, who must not be able to pick colliding ones (hashing
+    /// a short key takes tens of nanoseconds, a request tens of microseconds of CPU).
+    histories: HashMap<InlineKey, KeyIndex>,
     /// The same keys, in byte order, for ranges.
     order: BTreeSet<InlineKey>,
 }
@@ -85,7 +88,8 @@ impl TreeIndex {
     }
 
     /// Records a put at `revision` and returns the key as it was at `revision.main` just
-    /// before it (earlier changes of the same request included).
+    /// before it (earlier changes of the same request included): one lookup for what a put
+    /// needs to know and to change.
     pub fn put(&mut self, key: &[u8], revision: Revision) -> Option<KeyAt> {
         match self.histories.get_mut(key) {
             Some(index) => {
@@ -158,7 +162,10 @@ impl TreeIndex {
             ),
         };
         for key in self.order.range::<[u8], _>((lower, upper)) {
-            let index = &self.histories[key.as_bytes()];
+            let index = self
+                .histories
+                .get(key.as_bytes())
+                .expect("index: a key in the order has no history");
             if let Some(found) = index.get(at) {
                 if !visit(key, found) {
                     return;

@@ -3,8 +3,9 @@
 //! The `Key` bucket holds one entry per revision, keyed by the 17- or 18-byte revision; boxed,
 //! each such key cost a 16-byte pointer plus a heap block. Inline it costs the 24-byte slot
 //! alone: 21 MiB less RSS with a million revisions (measured in
-//! docs/perf/kv-single-node-notes.md). cairn-mvcc's key index keys its B-tree with it too, so
-//! that a lookup compares keys inside the nodes it reads instead of following a pointer each.
+//! docs/perf/kv-single-node-notes.md). cairn-mvcc's key index keys its hash map and its
+//! ordered key set with it too, so that a probe or a comparison reads bytes already in the
+//! slot instead of following a pointer each.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -103,6 +104,7 @@ impl Hash for InlineKey {
 }
 
 impl PartialOrd for InlineKey {
+    #[inline]
     fn partial_cmp(&self, other: &InlineKey) -> Option<Ordering> {
         Some(self.cmp(other))
     }

@@ -389,17 +389,15 @@ impl Replica {
     }
 }
 
-/// The answer for a command the session table knows: `None` if it is new.
 /// Waits, up to `timeout`, until the watched value satisfies `ready`; false when it did not
 /// in time or the sender went away. Nearly every command finds it satisfied already and then
-/// arms no timer: a timer entry is inserted into and removed from tokio's wheel under a lock,
-/// on the path of every native command.
+/// builds no `timeout`: building one reads the clock and clones the runtime handle even when
+/// the future it wraps is ready at its first poll, on the path of every native command.
 async fn wait_until<T>(
     mut receiver: watch::Receiver<T>,
     timeout: Duration,
-    ready: impl FnMut(&T) -> bool,
+    mut ready: impl FnMut(&T) -> bool,
 ) -> bool {
-    let mut ready = ready;
     if ready(&receiver.borrow()) {
         return true;
     }
@@ -409,6 +407,7 @@ async fn wait_until<T>(
     )
 }
 
+/// The answer for a command the session table knows: `None` if it is new.
 fn applied_before(
     check: SessionCheck,
     command: &Command,

@@ -155,7 +155,9 @@ async fn write_replies(mut write: OwnedWriteHalf, mut receiver: mpsc::Receiver<O
             take(outgoing, &mut buffer, &mut later);
         }
         // Replies that resolved together (one applied batch completes many) go in the same
-        // write too, not one write each on the next turns of the loop.
+        // write too, not one write each on the next turns of the loop. `now_or_never` polls
+        // with a no-op waker; the `select!` above polls `later` again with the task's own
+        // before the task sleeps, so no wake-up is lost.
         while let Some(Some(message)) = later.next().now_or_never() {
             framing::encode(&message, &mut buffer);
         }
