@@ -681,6 +681,7 @@ impl Session {
         Fut: Future<Output = ()>,
     {
         let deadline = Instant::now() + self.config.timeout;
+        let timed_out = || Err(ClientError::Timeout(self.config.timeout));
         let mut resend_now = self.state.resend_now.subscribe();
         loop {
             let retry_at = (Instant::now() + self.config.retry).min(deadline);
@@ -688,12 +689,19 @@ impl Session {
                 answered = &mut done => return answered.unwrap_or(Err(ClientError::Closed)),
                 _ = tokio::time::sleep_until(retry_at) => {
                     if Instant::now() >= deadline {
-                        return Err(ClientError::Timeout(self.config.timeout));
+                        return timed_out();
                     }
-                    resend().await;
                 }
                 // The sender lives in `state`, as long as this session.
-                Ok(()) = resend_now.changed() => resend().await,
+                Ok(()) = resend_now.changed() => {}
+            }
+            // A resend waits while a link's queue is full (a silent replica) and while another
+            // operation resends the session's weak writes: the answer and the deadline still
+            // end the operation. Dropped midway, a resend leaves the rest to the next one.
+            tokio::select! {
+                answered = &mut done => return answered.unwrap_or(Err(ClientError::Closed)),
+                _ = tokio::time::sleep_until(deadline) => return timed_out(),
+                () = resend() => {}
             }
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_client::{Op, Path, Session, SessionConfig};
+use cairn_client::{ClientError, Op, Path, Session, SessionConfig};
 use cairn_proto::curppb::{self, client_message, server_message};
 use cairn_proto::etcdserverpb::RangeRequest;
 use cairn_proto::framing;
@@ -666,6 +666,63 @@ async fn waiting_operations_share_one_resend_of_the_unapplied_weak_writes_per_re
         let values: Vec<&[u8]> = read.result.kvs.iter().map(|kv| &kv.value[..]).collect();
         assert_eq!(values, [b"x"], "paused-{index}");
     }
+}
+
+/// An operation whose resend waits on a full link queue (its bound replica silent, the socket
+/// and the queue behind it full) still ends at its deadline: it used to sit inside the resend,
+/// answer and deadline unseen, until the replica read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_stuck_behind_a_full_link_still_time_out_at_their_deadline() {
+    const RETRY: Duration = Duration::from_millis(200);
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    // 4,000 writes of 8 KiB fill the loopback socket to a stopped process (a few MB) and,
+    // resent every period, the link's queue of 4,096 frames behind it.
+    const WRITES: usize = 4_000;
+    let _serial = SERIAL.lock().await;
+    let cluster = CairnCluster::start(3).await;
+    let leader = cluster.leader(LEADER_WAIT).await;
+    let bound = (leader + 1) % 3;
+    let session = Arc::new(
+        Session::connect(SessionConfig {
+            bound,
+            retry: RETRY,
+            timeout: TIMEOUT,
+            ..SessionConfig::new(native_endpoints(&cluster))
+        })
+        .await
+        .expect("native session"),
+    );
+    let value = "v".repeat(8 * 1024);
+
+    cluster.pause(bound);
+    let started = tokio::time::Instant::now();
+    let writes: Vec<_> = (0..WRITES)
+        .map(|index| {
+            let session = session.clone();
+            let value = value.clone();
+            tokio::spawn(async move { session.weak(put(&format!("full-{index}"), &value)).await })
+        })
+        .collect();
+    let limit = TIMEOUT + Duration::from_secs(5);
+    let mut timed_out = 0;
+    for write in writes {
+        let outcome = tokio::time::timeout_at(started + limit, write)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("a write was still waiting {limit:?} after it started (timeout {TIMEOUT:?})")
+            })
+            .expect("write task");
+        match outcome {
+            Err(ClientError::Timeout(_)) => timed_out += 1,
+            other => panic!("a write to a silent bound replica ended with {other:?}"),
+        }
+    }
+    cluster.resume(bound);
+    assert_eq!(timed_out, WRITES);
+    assert!(
+        session.weak_resends() > 0,
+        "the writes were never resent, so no resend was tested"
+    );
 }
 
 /// A write sent while there is no leader completes as soon as the new leader serves: the new
