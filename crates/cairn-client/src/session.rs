@@ -355,7 +355,10 @@ impl Session {
     pub async fn strong(&self, op: Op) -> Result<Outcome, ClientError> {
         validate(&op)?;
         let (answer, done) = oneshot::channel();
-        let order = self.send_order.lock().await;
+        let deadline = Instant::now() + self.config.timeout;
+        let order = self
+            .before_deadline(deadline, self.send_order.lock())
+            .await?;
         let command = self.command(op, Consistency::Strong);
         lock(&self.state.strong).insert(
             command.id,
@@ -367,7 +370,9 @@ impl Session {
         let message = frame(client_message::Message::Propose(curppb::Propose {
             command: Some(command_to_pb(&command)),
         }));
-        self.send_all(&message).await;
+        let sent = self
+            .before_deadline(deadline, self.send_all(&message))
+            .await;
         drop(order);
         // A retry resends the session's unapplied weak writes first: the leader orders this
         // command only after its causal dependency.
@@ -375,7 +380,10 @@ impl Session {
             self.resend_weak_writes().await;
             self.send_all(&message).await;
         };
-        let outcome = self.await_retrying(done, resend).await;
+        let outcome = match sent {
+            Ok(()) => self.await_retrying(deadline, done, resend).await,
+            Err(timed_out) => Err(timed_out),
+        };
         lock(&self.state.strong).remove(&command.id);
         let (result, path) = outcome?;
         Ok(Outcome {
@@ -392,12 +400,18 @@ impl Session {
             return self.weak_read(op).await;
         }
         let (answer, done) = oneshot::channel();
-        let order = self.send_order.lock().await;
+        let deadline = Instant::now() + self.config.timeout;
+        let order = self
+            .before_deadline(deadline, self.send_order.lock())
+            .await?;
         let command = self.command(op, Consistency::Weak);
         self.last_weak.store(command.id.seq, Ordering::Release);
         lock(&self.state.weak).insert(command.id, answer);
         let (to_bound, to_others) = self.causal_frames(&command);
-        self.send_causal(&to_bound, &to_others).await;
+        // Cut short, the write stays among the unapplied ones that later resends carry.
+        let sent = self
+            .before_deadline(deadline, self.send_causal(&to_bound, &to_others))
+            .await;
         drop(order);
         // Retries resend the unapplied weak writes, this one included, in seq order; this one
         // alone if a weak read showed it applied meanwhile (the bound replica answers it from
@@ -409,7 +423,10 @@ impl Session {
                 self.send_causal(&to_bound, &to_others).await;
             }
         };
-        let outcome = self.await_retrying(done, resend).await;
+        let outcome = match sent {
+            Ok(()) => self.await_retrying(deadline, done, resend).await,
+            Err(timed_out) => Err(timed_out),
+        };
         lock(&self.state.weak).remove(&command.id);
         // Only the bound replica answers a weak write, and it says what a weak read would:
         // writes up to its applied seq need neither a resend nor an overlay, as long as later
@@ -551,20 +568,24 @@ impl Session {
                 .cloned()
                 .collect()
         };
-        self.weak_resends
-            .fetch_add(weak.len() as u64, Ordering::Relaxed);
-        let last = weak.last().map_or(0, |command| command.id.seq);
-        for command in weak {
-            let (to_bound, to_others) = self.causal_frames(&command);
-            self.send_causal(&to_bound, &to_others).await;
-        }
-        // The period starts once the writes are queued: a whole resend slower than a retry
-        // period (a stalled link) must not let the next caller start another right away.
+        // Progress is kept write by write: a caller whose deadline cuts its resend short leaves
+        // the next one to go on after what is already queued, not to start over.
         if whole {
             bulk.at = Some(Instant::now());
             bulk.generation = generation;
+            bulk.through = 0;
         }
-        bulk.through = bulk.through.max(last);
+        for command in weak {
+            let (to_bound, to_others) = self.causal_frames(&command);
+            self.send_causal(&to_bound, &to_others).await;
+            self.weak_resends.fetch_add(1, Ordering::Relaxed);
+            bulk.through = bulk.through.max(command.id.seq);
+        }
+        // The period starts again once the writes are queued: a whole resend slower than a
+        // retry period (a stalled link) must not let the next caller start another at once.
+        if whole {
+            bulk.at = Some(Instant::now());
+        }
         bulk.through
     }
 
@@ -656,23 +677,44 @@ impl Session {
         Fut: Future<Output = ()>,
     {
         let (answer, done) = oneshot::channel();
+        let deadline = Instant::now() + self.config.timeout;
         lock(&self.state.bound).insert(request_id, answer);
         let bound = &self.links[self.config.bound];
-        bound.send(message.clone()).await;
-        let outcome = self
-            .await_retrying(done, || async {
-                on_retry().await;
-                bound.send(message.clone()).await;
-            })
-            .await;
+        let outcome = match self
+            .before_deadline(deadline, bound.send(message.clone()))
+            .await
+        {
+            Ok(()) => {
+                self.await_retrying(deadline, done, || async {
+                    on_retry().await;
+                    bound.send(message.clone()).await;
+                })
+                .await
+            }
+            Err(timed_out) => Err(timed_out),
+        };
         lock(&self.state.bound).remove(&request_id);
         outcome
     }
 
+    /// Runs `step` (the first send of an operation, or the wait for the session's send
+    /// order) unless `deadline` passes first: a link's queue to a silent replica fills, and a
+    /// send then waits until that replica reads again.
+    async fn before_deadline<T>(
+        &self,
+        deadline: Instant,
+        step: impl Future<Output = T>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout_at(deadline, step)
+            .await
+            .map_err(|_| ClientError::Timeout(self.config.timeout))
+    }
+
     /// Waits for `done`, calling `resend` every retry period and whenever a new leader
-    /// announces it serves, up to the timeout.
+    /// announces it serves, up to `deadline`.
     async fn await_retrying<T, F, Fut>(
         &self,
+        deadline: Instant,
         mut done: oneshot::Receiver<Result<T, ClientError>>,
         resend: F,
     ) -> Result<T, ClientError>
@@ -680,12 +722,13 @@ impl Session {
         F: Fn() -> Fut,
         Fut: Future<Output = ()>,
     {
-        let deadline = Instant::now() + self.config.timeout;
         let timed_out = || Err(ClientError::Timeout(self.config.timeout));
         let mut resend_now = self.state.resend_now.subscribe();
         loop {
             let retry_at = (Instant::now() + self.config.retry).min(deadline);
+            // Biased to the answer: one that arrived with the deadline is still the outcome.
             tokio::select! {
+                biased;
                 answered = &mut done => return answered.unwrap_or(Err(ClientError::Closed)),
                 _ = tokio::time::sleep_until(retry_at) => {
                     if Instant::now() >= deadline {
@@ -699,6 +742,7 @@ impl Session {
             // operation resends the session's weak writes: the answer and the deadline still
             // end the operation. Dropped midway, a resend leaves the rest to the next one.
             tokio::select! {
+                biased;
                 answered = &mut done => return answered.unwrap_or(Err(ClientError::Closed)),
                 _ = tokio::time::sleep_until(deadline) => return timed_out(),
                 () = resend() => {}

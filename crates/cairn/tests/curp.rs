@@ -703,6 +703,19 @@ async fn operations_stuck_behind_a_full_link_still_time_out_at_their_deadline() 
             tokio::spawn(async move { session.weak(put(&format!("full-{index}"), &value)).await })
         })
         .collect();
+    // By now the first resends have filled the bound link's queue: a new operation's own
+    // first send waits there, and must end at its deadline too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let late = tokio::time::timeout(
+        TIMEOUT + Duration::from_secs(5),
+        session.weak(put("full-late", &value)),
+    )
+    .await
+    .expect("a write issued behind the full queue still ends at its deadline");
+    assert!(
+        matches!(late, Err(ClientError::Timeout(_))),
+        "late write: {late:?}"
+    );
     let limit = TIMEOUT + Duration::from_secs(5);
     let mut timed_out = 0;
     for write in writes {
