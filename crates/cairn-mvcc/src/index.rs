@@ -1,10 +1,10 @@
-//! The in-memory key index: key → [`KeyIndex`], plus the keys in order.
+//! The in-memory key index: key → [`KeyIndex`], ordered by key.
 //!
 //! It answers "which revision holds key K as of revision R" for single keys and ranges without
 //! touching the engine; the engine is then read by revision. Rebuilt from the `Key` bucket on
 //! start, like etcd's `treeIndex`.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
 use cairn_storage::inline_key::InlineKey;
@@ -63,35 +63,24 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Key index of the whole store.
-///
-/// Histories live in a hash map and the key order in a B-tree beside it. Most requests name
-/// one key (every put, and most gets), and a B-tree descent costs a cache miss per level and
-/// a comparison per key passed: with a million keys it was the part of a request that grew
-/// with the store (`TreeIndex::visit` and `put` 3.0 % → 5.5 % of all CPU between the first
-/// and last quarter of a 30 s CURP-HO run). A hash probe does not lengthen as the store grows;
-/// ranges walk the ordered keys and probe the map for each (see docs/perf/curp.md, stop 23,
-/// for what this costs in memory).
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    /// Keys up to 22 bytes are stored inline in the slot: no heap block, and the probe
-    /// compares bytes it has already loaded. std's keyed SipHash, not a faster unkeyed-grade
-    /// hash: keys come from clients, who must not be able to pick colliding ones (hashing
-    /// a short key takes tens of nanoseconds, a request tens of microseconds of CPU).
-    histories: HashMap<InlineKey, KeyIndex>,
-    /// The same keys, in byte order, for ranges.
-    order: BTreeSet<InlineKey>,
+    /// Keys up to 22 bytes inline in the B-tree node: a lookup compares against keys in the
+    /// node it already reads instead of following a pointer per comparison (what made lookups
+    /// slow down as the tree outgrew the caches), and a short key needs no heap block.
+    keys: BTreeMap<InlineKey, KeyIndex>,
 }
 
 impl TreeIndex {
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
-        self.histories.get(key)?.get(at)
+        self.keys.get(key)?.get(at)
     }
 
     /// Records a put at `revision` and returns the key as it was at `revision.main` just
-    /// before it (earlier changes of the same request included): one lookup for what a put
-    /// needs to know and to change.
+    /// before it (earlier changes of the same request included): one B-tree descent for what
+    /// a put needs to know and to change, since the descent is most of a put's apply cost.
     pub fn put(&mut self, key: &[u8], revision: Revision) -> Option<KeyAt> {
-        match self.histories.get_mut(key) {
+        match self.keys.get_mut(key) {
             Some(index) => {
                 let previous = index.get(revision.main);
                 index.put(revision);
@@ -100,7 +89,7 @@ impl TreeIndex {
             None => {
                 let mut index = KeyIndex::new();
                 index.put(revision);
-                self.insert(key, index);
+                self.keys.insert(key.into(), index);
                 None
             }
         }
@@ -110,7 +99,7 @@ impl TreeIndex {
     /// there carries its generation's create revision and version (see
     /// [`KeyIndex::restore`]); later records extend the history as live puts do.
     pub fn restore_put(&mut self, key: &[u8], revision: Revision, created: i64, version: i64) {
-        match self.histories.get_mut(key) {
+        match self.keys.get_mut(key) {
             Some(index) => {
                 index.put(revision);
                 debug_assert_eq!(
@@ -121,23 +110,13 @@ impl TreeIndex {
             }
             None => {
                 let index = KeyIndex::restore(Revision::new(created, 0), revision, version);
-                self.insert(key, index);
+                self.keys.insert(key.into(), index);
             }
         }
     }
 
-    fn insert(&mut self, key: &[u8], index: KeyIndex) {
-        let key = InlineKey::from(key);
-        let new_in_order = self.order.insert(key.clone());
-        let replaced = self.histories.insert(key, index);
-        assert!(
-            new_in_order && replaced.is_none(),
-            "index: inserted a key it already held"
-        );
-    }
-
     pub fn tombstone(&mut self, key: &[u8], revision: Revision) {
-        let index = self.histories.get_mut(key);
+        let index = self.keys.get_mut(key);
         let index = index.unwrap_or_else(|| panic!("index: tombstone of unknown key {key:?}"));
         index.tombstone(revision);
     }
@@ -161,11 +140,7 @@ impl TreeIndex {
                 end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
             ),
         };
-        for key in self.order.range::<[u8], _>((lower, upper)) {
-            let index = self
-                .histories
-                .get(key.as_bytes())
-                .expect("index: a key in the order has no history");
+        for (key, index) in self.keys.range::<[u8], _>((lower, upper)) {
             if let Some(found) = index.get(at) {
                 if !visit(key, found) {
                     return;
@@ -177,30 +152,20 @@ impl TreeIndex {
     /// Compacts every key at `at`; returns the revisions `<= at` whose records must be kept.
     pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
         let mut keep = HashSet::new();
-        self.histories.retain(|_, index| {
+        self.keys.retain(|_, index| {
             index.compact(at, &mut keep);
             !index.is_empty()
         });
-        if self.order.len() != self.histories.len() {
-            let histories = &self.histories;
-            self.order
-                .retain(|key| histories.contains_key(key.as_bytes()));
-        }
-        assert_eq!(
-            self.order.len(),
-            self.histories.len(),
-            "index: order and histories disagree"
-        );
         keep
     }
 
     /// Number of keys with any history left.
     pub fn len(&self) -> usize {
-        self.histories.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.histories.is_empty()
+        self.keys.is_empty()
     }
 }
 
@@ -294,10 +259,5 @@ mod tests {
         let keep = index.compact(4);
         assert_eq!(keep, HashSet::from([Revision::new(4, 0)]));
         assert_eq!(index.len(), 1);
-        assert_eq!(
-            keys_at(&index, &KeyRange::new(b"", b"\0"), 10),
-            vec![b"kept".to_vec()],
-            "a compacted-away key leaves the key order too"
-        );
     }
 }

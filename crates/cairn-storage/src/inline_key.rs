@@ -3,14 +3,12 @@
 //! The `Key` bucket holds one entry per revision, keyed by the 17- or 18-byte revision; boxed,
 //! each such key cost a 16-byte pointer plus a heap block. Inline it costs the 24-byte slot
 //! alone: 21 MiB less RSS with a million revisions (measured in
-//! docs/perf/kv-single-node-notes.md). cairn-mvcc's key index keys its hash map and its
-//! ordered key set with it too, so that a probe or a comparison reads bytes already in the
-//! slot instead of following a pointer each.
+//! docs/perf/kv-single-node-notes.md). cairn-mvcc's key index keys its B-tree with it too, so
+//! that a lookup compares keys inside the nodes it reads instead of following a pointer each.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
 /// Longest key kept inline: what fits beside the length and the enum tag in 24 bytes.
@@ -94,15 +92,6 @@ impl PartialEq for InlineKey {
 
 impl Eq for InlineKey {}
 
-/// Hashes the bytes as `[u8]` does, so that hash maps keyed by `InlineKey` find a key from its
-/// byte slice (`Borrow` requires equal hashes).
-impl Hash for InlineKey {
-    #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
 impl PartialOrd for InlineKey {
     #[inline]
     fn partial_cmp(&self, other: &InlineKey) -> Option<Ordering> {
@@ -127,7 +116,6 @@ impl fmt::Debug for InlineKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::BuildHasher;
 
     #[test]
     fn short_keys_are_inline_and_every_key_keeps_its_bytes_and_order() {
@@ -144,8 +132,6 @@ mod tests {
             assert_eq!(inline.as_bytes(), &key[..]);
             assert_eq!(InlineKey::from(&key[..]), inline);
             assert_eq!(inline.clone().into_boxed(), *key);
-            let hasher = std::collections::hash_map::RandomState::new();
-            assert_eq!(hasher.hash_one(&inline), hasher.hash_one(&key[..]));
             for other in &keys {
                 assert_eq!(inline.cmp(&InlineKey::from(other.clone())), key.cmp(other));
             }

@@ -10,7 +10,7 @@
 //! - `engine` — the `Engine` trait the state machine writes through.
 //! - `memory` — the default engine: ordered in-memory maps, persisted by snapshot + WAL replay.
 //! - `bucket_map` — the map behind one bucket: a B-tree, or a sorted log for growing keys.
-//! - `inline_key` — keys inline in their slot when short (the sorted log's, the key index's).
+//! - `inline_key` — the sorted log's keys, inline in their slot when short.
 //! - `schema` — every bucket and meta key with its numeric id.
 //! - `metrics` — lock-free latency histograms (etcd's disk buckets) for the layers above.
 //! - `limits`, `error` — explicit bounds and the typed errors of this crate.
